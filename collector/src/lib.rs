@@ -1,0 +1,22 @@
+//! The inference-gate collector: receives billing and audit records from the filter, stores
+//! them durably and answers operators' billing, usage and audit queries.
+//!
+//! | module | one job |
+//! |---|---|
+//! | [`app`] | shared state and the router, built in one function so tests can call it in-process |
+//! | [`api`] | one module per group of endpoints: record ingest, queries, health |
+//! | [`auth`] | the two bearer tokens: startup checks and constant-time comparison |
+//! | [`error`] | the one error type handlers return, rendered as OpenAI-shaped JSON |
+//! | [`records`] | billing and audit record types and the validation of an ingest batch |
+//! | [`timestamp`] | RFC 3339 timestamps kept as written, compared as instants |
+//! | [`store`] | durable storage behind [`store::Store`]; SQLite today |
+//!
+//! `main.rs` holds only the command line, startup and graceful shutdown.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod error;
+pub mod records;
+pub mod store;
+pub mod timestamp;

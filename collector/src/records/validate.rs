@@ -1,0 +1,252 @@
+//! Validation of an ingest body. The whole batch is checked before anything is stored; the
+//! first problem found is reported with the record index and the field, never the value.
+
+use std::fmt::Display;
+
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use super::{Action, AuditEntry, AuditResult, BillingRecord, Record, UsageSource, MAX_TOKENS};
+use crate::timestamp::{self, Timestamp};
+
+/// Most records one batch may carry.
+pub const MAX_BATCH: usize = 10_000;
+
+/// Why a batch was rejected. Either way nothing of it is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BatchError {
+    /// The body is not JSON; serde's message, which gives the line and column.
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    /// The body is JSON but not a valid batch; the message names the index and field.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Parses and validates a whole `POST /v1/records` body. Unknown fields are ignored so that a
+/// newer filter can talk to an older collector.
+pub fn parse_batch(body: &[u8]) -> Result<Vec<Record>, BatchError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|err| BatchError::Json(err.to_string()))?;
+    let Value::Object(top) = value else {
+        return Err(invalid(
+            "body: must be a JSON object with a \"records\" array",
+        ));
+    };
+    let records = match top.get("records") {
+        Some(Value::Array(records)) => records,
+        Some(_) => return Err(invalid("records: must be an array")),
+        None => return Err(invalid("records: is required")),
+    };
+    if records.len() > MAX_BATCH {
+        return Err(invalid(format!(
+            "records: at most {MAX_BATCH} records per batch, got {}",
+            records.len()
+        )));
+    }
+
+    records
+        .iter()
+        .enumerate()
+        .map(|(index, value)| parse_record(index, value))
+        .collect()
+}
+
+fn parse_record(index: usize, value: &Value) -> Result<Record, BatchError> {
+    let Value::Object(map) = value else {
+        return Err(invalid(format!("records[{index}]: must be an object")));
+    };
+    let fields = Fields { index, map };
+
+    match map.get("kind") {
+        Some(Value::String(kind)) if kind == "billing" => fields.billing().map(Record::Billing),
+        Some(Value::String(kind)) if kind == "audit" => fields.audit().map(Record::Audit),
+        Some(_) => Err(fields.error("kind", "must be \"billing\" or \"audit\"")),
+        None => Err(fields.error("kind", "is required")),
+    }
+}
+
+fn invalid(message: impl Into<String>) -> BatchError {
+    BatchError::Invalid(message.into())
+}
+
+/// The fields of record number `index`, read one rule at a time.
+struct Fields<'a> {
+    index: usize,
+    map: &'a Map<String, Value>,
+}
+
+impl<'a> Fields<'a> {
+    fn billing(&self) -> Result<BillingRecord, BatchError> {
+        Ok(BillingRecord {
+            id: self.id()?,
+            timestamp: self.timestamp()?,
+            tenant_id: self.string("tenant_id", 1, 128)?.to_owned(),
+            input_tokens: self.tokens("input_tokens")?,
+            output_tokens: self.tokens("output_tokens")?,
+            cached_input_tokens: self.optional_tokens("cached_input_tokens")?,
+            reasoning_tokens: self.optional_tokens("reasoning_tokens")?,
+            model: self.optional_string("model", 256)?,
+            request_id: self.optional_string("request_id", 256)?,
+            api: self.string("api", 0, 64)?.to_owned(),
+            usage_source: self.choice("usage_source", UsageSource::ALL, UsageSource::as_str)?,
+        })
+    }
+
+    fn audit(&self) -> Result<AuditEntry, BatchError> {
+        Ok(AuditEntry {
+            id: self.id()?,
+            timestamp: self.timestamp()?,
+            tenant_id: self.audit_tenant()?,
+            action: self.choice("action", Action::ALL, Action::as_str)?,
+            result: self.choice("result", AuditResult::ALL, AuditResult::as_str)?,
+            resource: self.optional_string("resource", 256)?,
+            status_code: self.status_code()?,
+            method: self.string("method", 1, 16)?.to_owned(),
+            path: self.string("path", 0, 2048)?.to_owned(),
+            remote_addr: self.optional_string("remote_addr", 128)?,
+            request_id: self.optional_string("request_id", 256)?,
+        })
+    }
+
+    fn error(&self, field: &str, problem: impl Display) -> BatchError {
+        invalid(format!("records[{}].{field}: {problem}", self.index))
+    }
+
+    fn id(&self) -> Result<String, BatchError> {
+        let id = self.string("id", 0, usize::MAX)?;
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
+        if id.is_empty() || id.len() > 128 || !id.chars().all(allowed) {
+            return Err(self.error("id", "must be 1 to 128 characters of [A-Za-z0-9._:-]"));
+        }
+        Ok(id.to_owned())
+    }
+
+    fn timestamp(&self) -> Result<Timestamp, BatchError> {
+        let text = self.string("timestamp", 0, usize::MAX)?;
+        Timestamp::parse(text).ok_or_else(|| {
+            self.error(
+                "timestamp",
+                format_args!(
+                    "must be an RFC 3339 timestamp of at most {} characters, \
+                     e.g. 2026-12-03T18:07:14.123Z",
+                    timestamp::MAX_LEN
+                ),
+            )
+        })
+    }
+
+    /// An audit entry's tenant: absent and null both mean no tenant was identified.
+    fn audit_tenant(&self) -> Result<Option<String>, BatchError> {
+        match self.map.get("tenant_id") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => {
+                self.check_len("tenant_id", text, 1, 128)?;
+                Ok(Some(text.clone()))
+            }
+            Some(_) => Err(self.error("tenant_id", "must be a string or null")),
+        }
+    }
+
+    /// A required string of `min..=max` characters.
+    fn string(&self, field: &str, min: usize, max: usize) -> Result<&'a str, BatchError> {
+        match self.map.get(field) {
+            Some(Value::String(text)) => {
+                self.check_len(field, text, min, max)?;
+                Ok(text)
+            }
+            Some(_) => Err(self.error(field, "must be a string")),
+            None => Err(self.error(field, "is required")),
+        }
+    }
+
+    /// An optional string of at most `max` characters; absent and null both mean none.
+    fn optional_string(&self, field: &str, max: usize) -> Result<Option<String>, BatchError> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => {
+                self.check_len(field, text, 0, max)?;
+                Ok(Some(text.clone()))
+            }
+            Some(_) => Err(self.error(field, "must be a string or null")),
+        }
+    }
+
+    /// Lengths count characters (Unicode scalar values), not bytes.
+    fn check_len(&self, field: &str, text: &str, min: usize, max: usize) -> Result<(), BatchError> {
+        let len = text.chars().count();
+        if len < min || len > max {
+            let rule = if min == 0 {
+                format!("must be at most {max} characters")
+            } else {
+                format!("must be {min} to {max} characters")
+            };
+            return Err(self.error(field, rule));
+        }
+        Ok(())
+    }
+
+    fn tokens(&self, field: &str) -> Result<u64, BatchError> {
+        match self.map.get(field) {
+            Some(value) => self.token_count(field, value),
+            None => Err(self.error(field, "is required")),
+        }
+    }
+
+    fn optional_tokens(&self, field: &str) -> Result<Option<u64>, BatchError> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => self.token_count(field, value).map(Some),
+        }
+    }
+
+    fn token_count(&self, field: &str, value: &Value) -> Result<u64, BatchError> {
+        let Value::Number(number) = value else {
+            return Err(self.error(field, "must be a non-negative integer"));
+        };
+        match number.as_u64() {
+            Some(count) if count <= MAX_TOKENS => Ok(count),
+            Some(_) => Err(self.error(field, format_args!("must be at most {MAX_TOKENS}"))),
+            // Integer literals past u64 arrive as floats: still "too big", not "not an integer".
+            None if number
+                .as_f64()
+                .is_some_and(|f| f > MAX_TOKENS as f64 && f.fract() == 0.0) =>
+            {
+                Err(self.error(field, format_args!("must be at most {MAX_TOKENS}")))
+            }
+            None => Err(self.error(field, "must be a non-negative integer")),
+        }
+    }
+
+    fn status_code(&self) -> Result<u16, BatchError> {
+        let code = match self.map.get("status_code") {
+            Some(Value::Number(number)) => number.as_u64(),
+            Some(_) => None,
+            None => return Err(self.error("status_code", "is required")),
+        };
+        match code.and_then(|code| u16::try_from(code).ok()) {
+            Some(code @ 100..=599) => Ok(code),
+            _ => Err(self.error("status_code", "must be an integer from 100 to 599")),
+        }
+    }
+
+    /// One of a closed set of strings.
+    fn choice<T: Copy>(
+        &self,
+        field: &str,
+        all: &[T],
+        as_str: fn(T) -> &'static str,
+    ) -> Result<T, BatchError> {
+        let text = self.string(field, 0, usize::MAX)?;
+        all.iter()
+            .copied()
+            .find(|value| as_str(*value) == text)
+            .ok_or_else(|| {
+                let names: Vec<&str> = all.iter().map(|value| as_str(*value)).collect();
+                self.error(field, format_args!("must be one of: {}", names.join(", ")))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,78 @@
+//! The schema and its version. `PRAGMA user_version` holds the version; each migration runs
+//! in the transaction that also bumps it, so a crash leaves the old schema or the new one.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::store::StoreError;
+
+/// The newest schema this code knows. Add a step to `STEPS` to migrate.
+const VERSION: i64 = 1;
+
+/// `STEPS[n]` takes the schema from version `n` to `n + 1`.
+const STEPS: [&str; VERSION as usize] = [V1];
+
+/// Version 1. `timestamp` is the text as received; `instant_us` is the instant it names in
+/// microseconds since the Unix epoch (UTC), used for ranges and ordering. `received_us` is
+/// when the collector stored the row, kept for investigating retries.
+const V1: &str = "
+CREATE TABLE billing (
+    id                  TEXT PRIMARY KEY,
+    tenant_id           TEXT NOT NULL,
+    timestamp           TEXT NOT NULL,
+    instant_us          INTEGER NOT NULL,
+    input_tokens        INTEGER NOT NULL CHECK (input_tokens >= 0),
+    output_tokens       INTEGER NOT NULL CHECK (output_tokens >= 0),
+    cached_input_tokens INTEGER CHECK (cached_input_tokens >= 0),
+    reasoning_tokens    INTEGER CHECK (reasoning_tokens >= 0),
+    model               TEXT,
+    request_id          TEXT,
+    api                 TEXT NOT NULL,
+    usage_source        TEXT NOT NULL,
+    received_us         INTEGER NOT NULL
+) STRICT;
+
+CREATE INDEX billing_by_tenant_time ON billing (tenant_id, instant_us, id);
+
+CREATE TABLE audit (
+    id          TEXT PRIMARY KEY,
+    timestamp   TEXT NOT NULL,
+    instant_us  INTEGER NOT NULL,
+    tenant_id   TEXT,
+    action      TEXT NOT NULL,
+    result      TEXT NOT NULL,
+    resource    TEXT,
+    status_code INTEGER NOT NULL CHECK (status_code BETWEEN 100 AND 599),
+    method      TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    remote_addr TEXT,
+    request_id  TEXT,
+    received_us INTEGER NOT NULL
+) STRICT;
+
+CREATE INDEX audit_by_tenant_time ON audit (tenant_id, instant_us, id);
+CREATE INDEX audit_by_time ON audit (instant_us, id);
+";
+
+/// Brings the schema up to [`VERSION`]; refuses a database written by a newer collector.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    // Immediate: two collectors starting on one file cannot both run the same step.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let found: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if found > VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            known: VERSION,
+        });
+    }
+
+    for (from, step) in STEPS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(found).unwrap_or(0))
+    {
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", from as i64 + 1)?;
+    }
+    tx.commit()?;
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! The filter's counters, exposed as Envoy stats (`wasmcustom.inference_gate.*`).
+//!
+//! Envoy keeps one stat per name for the whole process, so every worker adds to the same
+//! counter. A metric that could not be defined is simply not recorded; it never fails a
+//! request.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+use crate::records::AuditResult;
+use crate::shipper::Count;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Metrics {
+    requests: [Option<u32>; 5],
+    records_queued: Option<u32>,
+    records_sent: Option<u32>,
+    records_retried: Option<u32>,
+    records_dropped: Option<u32>,
+    batches_failed: Option<u32>,
+    buffered: Option<u32>,
+    limiter_contended: Option<u32>,
+    usage_estimated: Option<u32>,
+}
+
+fn define(kind: MetricType, name: &str) -> Option<u32> {
+    match hostcalls::define_metric(kind, name) {
+        Ok(id) => Some(id),
+        Err(e) => {
+            log::warn!("inference-gate: metric {name} not defined: {e:?}");
+            None
+        }
+    }
+}
+
+fn result_index(r: AuditResult) -> usize {
+    match r {
+        AuditResult::Success => 0,
+        AuditResult::Unauthorized => 1,
+        AuditResult::RateLimited => 2,
+        AuditResult::Denied => 3,
+        AuditResult::Error => 4,
+    }
+}
+
+impl Metrics {
+    pub fn define() -> Metrics {
+        let counter = |name: &str| define(MetricType::Counter, name);
+        let mut requests = [None; 5];
+        for r in [
+            AuditResult::Success,
+            AuditResult::Unauthorized,
+            AuditResult::RateLimited,
+            AuditResult::Denied,
+            AuditResult::Error,
+        ] {
+            if let Some(slot) = requests.get_mut(result_index(r)) {
+                *slot = counter(&format!("inference_gate.requests.{}", r.as_str()));
+            }
+        }
+        Metrics {
+            requests,
+            records_queued: counter("inference_gate.records.queued"),
+            records_sent: counter("inference_gate.records.sent"),
+            records_retried: counter("inference_gate.records.retried"),
+            records_dropped: counter("inference_gate.records.dropped"),
+            batches_failed: counter("inference_gate.batches.failed"),
+            buffered: define(MetricType::Gauge, "inference_gate.buffer.records"),
+            limiter_contended: counter("inference_gate.limiter.contended"),
+            usage_estimated: counter("inference_gate.usage.estimated"),
+        }
+    }
+
+    pub fn request(&self, r: AuditResult) {
+        add(self.requests.get(result_index(r)).copied().flatten(), 1);
+    }
+
+    pub fn queued(&self, n: u64) {
+        add(self.records_queued, to_i64(n));
+        add(self.buffered, to_i64(n));
+    }
+
+    pub fn limiter_contended(&self) {
+        add(self.limiter_contended, 1);
+    }
+
+    pub fn usage_estimated(&self) {
+        add(self.usage_estimated, 1);
+    }
+
+    /// Records waiting in the queue or in flight, process-wide.
+    pub fn buffered(&self) -> u64 {
+        let v = self
+            .buffered
+            .and_then(|id| hostcalls::get_metric(id).ok())
+            .unwrap_or(0);
+        // A gauge that went below zero (it can restart at zero when Envoy replaces the VM
+        // while records are buffered) reads as a huge number; count it as empty.
+        if v > u64::MAX / 2 {
+            0
+        } else {
+            v
+        }
+    }
+
+    pub fn count(&self, what: Count, delta: i64) {
+        match what {
+            Count::Sent => add(self.records_sent, delta),
+            Count::Retried => add(self.records_retried, delta),
+            Count::Dropped => add(self.records_dropped, delta),
+            Count::BatchesFailed => add(self.batches_failed, delta),
+            Count::Buffered => {
+                // Never take the gauge below zero.
+                let delta = if delta < 0 {
+                    -(delta.unsigned_abs().min(self.buffered()) as i64)
+                } else {
+                    delta
+                };
+                add(self.buffered, delta)
+            }
+        }
+    }
+}
+
+fn add(id: Option<u32>, delta: i64) {
+    if let Some(id) = id {
+        if delta != 0 {
+            let _ = hostcalls::increment_metric(id, delta);
+        }
+    }
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

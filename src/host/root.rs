@@ -1,0 +1,166 @@
+//! The root context: one per worker. It compiles the configuration, prepares shared state,
+//! and runs the record shipper from the tick.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType, MapType};
+
+use super::http::HttpFilter;
+use super::metrics::Metrics;
+use super::{buffer, header, random_u64, Env, Worker, QUEUE_NAME};
+use crate::config::Config;
+use crate::limits::BucketState;
+use crate::records::IdGen;
+use crate::shared;
+use crate::shipper::{Settings, Shipper};
+
+pub struct Root {
+    worker: Option<Rc<Worker>>,
+    shipper: Option<Shipper>,
+}
+
+impl Root {
+    pub fn new() -> Self {
+        Root {
+            worker: None,
+            shipper: None,
+        }
+    }
+}
+
+impl Default for Root {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The shared-data key of a tenant's limit counters.
+pub fn limits_key(tenant_id: &str) -> String {
+    format!("inference-gate/limits/{tenant_id}")
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
+        let (Some(worker), Some(shipper)) = (&self.worker, &mut self.shipper) else {
+            return;
+        };
+        if !shipper.holds_call(token) {
+            return;
+        }
+        // No headers at all means the call failed before a response (reset, timeout).
+        let status = if num_headers == 0 {
+            None
+        } else {
+            header(MapType::HttpCallResponseHeaders, ":status").and_then(|s| s.parse().ok())
+        };
+        shipper.on_response(&Env { worker }, token, status);
+    }
+}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        sync_log_level();
+        true
+    }
+
+    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        sync_log_level();
+        let bytes = buffer(BufferType::PluginConfiguration, plugin_configuration_size);
+        let config = match Config::parse(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                // The message names the field; it never echoes values, which may be secrets.
+                log::error!("inference-gate: invalid plugin configuration: {e}");
+                return false;
+            }
+        };
+        if config.tenants.is_empty() {
+            log::warn!("inference-gate: no tenants configured; every request will get 401");
+        }
+
+        let queue = match hostcalls::register_shared_queue(QUEUE_NAME) {
+            Ok(q) => Some(q),
+            Err(e) => {
+                log::error!("inference-gate: record queue unavailable ({e:?}); refusing to start");
+                return false;
+            }
+        };
+
+        let worker = Rc::new(Worker {
+            config: Rc::new(config),
+            queue,
+            metrics: Metrics::define(),
+            ids: IdGen::new(random_u64()),
+        });
+
+        // Create every tenant's counters before traffic can reach them: Envoy stores a
+        // write to a missing key without checking its version, so creating one on the
+        // request path could overwrite another worker's first update.
+        let env = Env { worker: &worker };
+        let empty = BucketState::default().encode();
+        for t in &worker.config.tenants {
+            if let Err(e) = shared::ensure(&env, &limits_key(&t.id), &empty) {
+                log::error!(
+                    "inference-gate: tenant={} limit state not created: {e}",
+                    t.id
+                );
+                return false;
+            }
+        }
+
+        let c = &worker.config.collector;
+        self.shipper = Some(Shipper::new(
+            random_u64(),
+            Settings {
+                batch_size: c.batch_size,
+                max_batch_bytes: c.max_batch_bytes,
+                flush_interval_ms: c.flush_interval_ms,
+                timeout_ms: c.timeout_ms,
+                max_backoff_ms: c.max_backoff_ms,
+            },
+        ));
+        if let Err(e) = hostcalls::set_tick_period(Duration::from_millis(c.flush_interval_ms)) {
+            log::error!("inference-gate: tick not set ({e:?}); records would never be sent");
+            return false;
+        }
+        log::info!(
+            "inference-gate: configured tenants={} keys={} collector_cluster={}",
+            worker.config.tenants.len(),
+            worker.config.keys.len(),
+            c.cluster
+        );
+        self.worker = Some(worker);
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let (Some(worker), Some(shipper)) = (&self.worker, &mut self.shipper) {
+            shipper.on_tick(&Env { worker });
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let worker = self.worker.clone()?;
+        Some(Box::new(HttpFilter::new(worker, context_id)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// Follows Envoy's log level for Wasm, so disabled levels cost no formatting.
+fn sync_log_level() {
+    if let Ok(level) = hostcalls::get_log_level() {
+        proxy_wasm::set_log_level(level);
+    }
+}

@@ -1,0 +1,388 @@
+//! The OpenAI shapes: chat completions, completions and embeddings.
+//!
+//! Request bodies give the admission estimate (prompt, output cap, number of choices);
+//! response bodies and stream chunks give the usage the model server reported. Fields are
+//! read leniently: a field of an unexpected type is treated as absent, so a request the model
+//! server will reject anyway still gets an estimate rather than an error here.
+
+use serde::Deserialize;
+
+use super::estimate::{self, PER_CONVERSATION, PER_MESSAGE};
+use super::{RequestEstimate, Usage};
+
+/// The fields of a request body that metering needs.
+#[derive(Deserialize, Default)]
+struct Request {
+    #[serde(default, deserialize_with = "lenient")]
+    model: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    messages: Option<Vec<Message>>,
+    #[serde(default, deserialize_with = "lenient")]
+    prompt: Option<Prompt>,
+    #[serde(default, deserialize_with = "lenient")]
+    input: Option<Prompt>,
+    #[serde(default, deserialize_with = "lenient")]
+    max_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    max_completion_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    n: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    best_of: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    stream: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    #[serde(default, deserialize_with = "lenient")]
+    content: Option<Content>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Deserialize)]
+struct Part {
+    #[serde(default, deserialize_with = "lenient")]
+    text: Option<String>,
+}
+
+/// A completions `prompt` or an embeddings `input`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Prompt {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u64>),
+    TokenLists(Vec<Vec<u64>>),
+}
+
+/// Deserializes a value, or `None` if it is null or of another shape.
+fn lenient<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let value = serde_json::Value::deserialize(de)?;
+    Ok(T::deserialize(value).ok())
+}
+
+/// Which OpenAI endpoint a request was for; it decides how the request is estimated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+/// Estimates a request. `None` if the body is not a JSON object.
+pub fn estimate_request(
+    endpoint: Endpoint,
+    body: &[u8],
+    default_max_tokens: u64,
+) -> Option<RequestEstimate> {
+    // serde would also read a struct from a JSON array; only an object is a request.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let req: Request = serde_json::from_slice(body).ok()?;
+
+    let input_tokens = match endpoint {
+        Endpoint::Chat => req.messages.as_deref().map_or(0, chat_tokens),
+        Endpoint::Completions => req.prompt.as_ref().map_or(0, prompt_tokens),
+        Endpoint::Embeddings => req.input.as_ref().map_or(0, prompt_tokens),
+    };
+    let choices = match endpoint {
+        Endpoint::Embeddings => 0,
+        // `best_of` candidates are all generated and billed, `n` of them returned.
+        _ => req.n.unwrap_or(1).max(req.best_of.unwrap_or(1)).max(1),
+    };
+    let per_choice = req
+        .max_completion_tokens
+        .or(req.max_tokens)
+        .unwrap_or(default_max_tokens);
+
+    Some(RequestEstimate {
+        model: req.model,
+        input_tokens,
+        output_tokens: per_choice.saturating_mul(choices),
+        stream: req.stream.unwrap_or(false),
+    })
+}
+
+fn chat_tokens(messages: &[Message]) -> u64 {
+    let text: u64 = messages
+        .iter()
+        .map(|m| match &m.content {
+            Some(Content::Text(t)) => estimate::text_tokens(t),
+            Some(Content::Parts(parts)) => parts
+                .iter()
+                .filter_map(|p| p.text.as_deref())
+                .map(estimate::text_tokens)
+                .sum(),
+            None => 0,
+        })
+        .sum();
+    text + PER_MESSAGE * messages.len() as u64 + PER_CONVERSATION
+}
+
+fn prompt_tokens(p: &Prompt) -> u64 {
+    match p {
+        Prompt::Text(t) => estimate::text_tokens(t),
+        Prompt::Texts(ts) => ts.iter().map(|t| estimate::text_tokens(t)).sum(),
+        Prompt::Tokens(ts) => ts.len() as u64,
+        Prompt::TokenLists(ls) => ls.iter().map(|l| l.len() as u64).sum(),
+    }
+}
+
+/// The parts of a response body or stream chunk that carry usage.
+#[derive(Deserialize)]
+struct UsageCarrier {
+    #[serde(default, deserialize_with = "lenient")]
+    model: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    usage: Option<WireUsage>,
+    #[serde(default, deserialize_with = "lenient")]
+    choices: Option<Vec<Choice>>,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default, deserialize_with = "lenient")]
+    prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default, deserialize_with = "lenient")]
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptDetails {
+    #[serde(default, deserialize_with = "lenient")]
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct CompletionDetails {
+    #[serde(default, deserialize_with = "lenient")]
+    reasoning_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    #[serde(default, deserialize_with = "lenient")]
+    message: Option<ChoiceMessage>,
+    #[serde(default, deserialize_with = "lenient")]
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceMessage {
+    #[serde(default, deserialize_with = "lenient")]
+    content: Option<String>,
+}
+
+/// What one JSON document (a whole body or one stream chunk) says.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reading {
+    pub model: Option<String>,
+    pub usage: Option<Usage>,
+    /// Estimated output tokens from the generated text, for when `usage` is missing.
+    pub text_tokens: u64,
+}
+
+/// Reads a response body or chunk. `None` if it is not a JSON object.
+pub fn read_response(json: &[u8]) -> Option<Reading> {
+    let c: UsageCarrier = serde_json::from_slice(json).ok()?;
+    let text_tokens = c.choices.as_deref().map_or(0, |choices| {
+        choices
+            .iter()
+            .map(|ch| {
+                let text = ch
+                    .message
+                    .as_ref()
+                    .and_then(|m| m.content.as_deref())
+                    .or(ch.text.as_deref())
+                    .unwrap_or("");
+                estimate::text_tokens(text)
+            })
+            .sum()
+    });
+    Some(Reading {
+        model: c.model,
+        usage: c.usage.map(|u| Usage {
+            input_tokens: u.prompt_tokens,
+            output_tokens: u.completion_tokens,
+            cached_input_tokens: u.prompt_tokens_details.and_then(|d| d.cached_tokens),
+            reasoning_tokens: u.completion_tokens_details.and_then(|d| d.reasoning_tokens),
+        }),
+        text_tokens,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+
+    use super::*;
+
+    fn est(endpoint: Endpoint, body: &str) -> RequestEstimate {
+        estimate_request(endpoint, body.as_bytes(), 100).unwrap()
+    }
+
+    #[test]
+    fn chat_request() {
+        let e = est(
+            Endpoint::Chat,
+            r#"{"model":"m","messages":[{"role":"system","content":"abcdefgh"},
+                {"role":"user","content":[{"type":"text","text":"abcd"},{"type":"image_url","image_url":{"url":"data:..."}}]}],
+                "max_tokens":50,"n":2,"stream":true}"#,
+        );
+        assert_eq!(e.model.as_deref(), Some("m"));
+        assert_eq!(e.input_tokens, 2 + 1 + 2 * PER_MESSAGE + PER_CONVERSATION);
+        assert_eq!(e.output_tokens, 100);
+        assert!(e.stream);
+    }
+
+    #[test]
+    fn max_completion_tokens_wins_and_default_applies() {
+        let e = est(
+            Endpoint::Chat,
+            r#"{"messages":[],"max_tokens":5,"max_completion_tokens":7}"#,
+        );
+        assert_eq!(e.output_tokens, 7);
+        let e = est(Endpoint::Chat, r#"{"messages":[]}"#);
+        assert_eq!(e.output_tokens, 100);
+        assert_eq!(e.model, None);
+    }
+
+    #[test]
+    fn completions_prompt_shapes() {
+        assert_eq!(
+            est(Endpoint::Completions, r#"{"prompt":"abcdefgh"}"#).input_tokens,
+            2
+        );
+        assert_eq!(
+            est(Endpoint::Completions, r#"{"prompt":["abcd","ab"]}"#).input_tokens,
+            2
+        );
+        assert_eq!(
+            est(Endpoint::Completions, r#"{"prompt":[1,2,3]}"#).input_tokens,
+            3
+        );
+        assert_eq!(
+            est(Endpoint::Completions, r#"{"prompt":[[1,2],[3]]}"#).input_tokens,
+            3
+        );
+        let e = est(
+            Endpoint::Completions,
+            r#"{"prompt":"x","max_tokens":10,"n":2,"best_of":3}"#,
+        );
+        assert_eq!(e.output_tokens, 30);
+    }
+
+    #[test]
+    fn embeddings_reserve_no_output() {
+        let e = est(
+            Endpoint::Embeddings,
+            r#"{"input":["abcd","abcd"],"model":"e"}"#,
+        );
+        assert_eq!((e.input_tokens, e.output_tokens), (2, 0));
+    }
+
+    #[test]
+    fn odd_field_types_are_ignored() {
+        let e = est(
+            Endpoint::Chat,
+            r#"{"model":7,"messages":"hi","max_tokens":"lots","n":-1,"stream":"yes"}"#,
+        );
+        assert_eq!(e.model, None);
+        assert_eq!(e.input_tokens, 0);
+        assert_eq!(e.output_tokens, 100);
+        assert!(!e.stream);
+        let e = est(
+            Endpoint::Chat,
+            r#"{"messages":[{"content":null},{"content":5},7]}"#,
+        );
+        assert_eq!(e.output_tokens, 100);
+    }
+
+    #[test]
+    fn not_json_is_none() {
+        assert!(estimate_request(Endpoint::Chat, b"", 1).is_none());
+        assert!(estimate_request(Endpoint::Chat, b"[1,2]", 1).is_none());
+        assert!(estimate_request(Endpoint::Chat, b"\xff\xfe", 1).is_none());
+        assert!(estimate_request(Endpoint::Chat, b"{\"messages\": [", 1).is_none());
+    }
+
+    #[test]
+    fn huge_n_saturates() {
+        let e = est(
+            Endpoint::Chat,
+            r#"{"messages":[],"max_tokens":18446744073709551615,"n":3}"#,
+        );
+        assert_eq!(e.output_tokens, u64::MAX);
+    }
+
+    #[test]
+    fn response_usage_with_details() {
+        // A chat completion as OpenAI returns it (abridged to the fields that matter).
+        let body = br#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-2024-08-06",
+            "choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"finish_reason":"stop"}],
+            "usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,
+              "prompt_tokens_details":{"cached_tokens":3,"audio_tokens":0},
+              "completion_tokens_details":{"reasoning_tokens":4,"audio_tokens":0}}}"#;
+        let r = read_response(body).unwrap();
+        assert_eq!(r.model.as_deref(), Some("gpt-4o-2024-08-06"));
+        assert_eq!(
+            r.usage,
+            Some(Usage {
+                input_tokens: 19,
+                output_tokens: 10,
+                cached_input_tokens: Some(3),
+                reasoning_tokens: Some(4),
+            })
+        );
+        assert_eq!(r.text_tokens, 2);
+    }
+
+    #[test]
+    fn null_usage_and_chunks() {
+        let r =
+            read_response(br#"{"model":"m","choices":[{"delta":{"content":"hi"}}],"usage":null}"#)
+                .unwrap();
+        assert_eq!(r.usage, None);
+        let r = read_response(
+            br#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.usage.map(|u| (u.input_tokens, u.output_tokens)),
+            Some((5, 2))
+        );
+    }
+
+    #[test]
+    fn embeddings_usage_has_no_completion_tokens() {
+        let r = read_response(br#"{"object":"list","data":[],"model":"e","usage":{"prompt_tokens":8,"total_tokens":8}}"#).unwrap();
+        assert_eq!(
+            r.usage.map(|u| (u.input_tokens, u.output_tokens)),
+            Some((8, 0))
+        );
+    }
+
+    #[test]
+    fn malformed_usage_is_treated_as_absent() {
+        let r = read_response(br#"{"usage":{"prompt_tokens":"many"}}"#).unwrap();
+        assert_eq!(r.usage, None);
+        let r = read_response(br#"{"usage":{"prompt_tokens":-3,"completion_tokens":1}}"#).unwrap();
+        assert_eq!(r.usage, None);
+        assert!(read_response(b"not json").is_none());
+        assert!(read_response(b"{\"usage\":{\"prompt_tokens\":1").is_none());
+    }
+}
