@@ -34,7 +34,7 @@ proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     std::panic::set_hook(Box::new(|info| {
         // A panic aborts this worker's VM; say so loudly, in one line.
-        let _ = hostcalls::log(LogLevel::Critical, &format!("inference-gate: panic, worker VM lost: {info}"));
+        let _ = hostcalls::log(LogLevel::Critical, &format!("panic, worker VM lost: {info}"));
     }));
     proxy_wasm::set_root_context(|_| Box::new(host::root::Root::new()));
 }}

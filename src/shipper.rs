@@ -198,7 +198,7 @@ impl Shipper {
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
-                log::warn!("inference-gate: flusher lease not renewed: {e}");
+                log::warn!("flusher lease not renewed: {e}");
                 return;
             }
         }
@@ -208,7 +208,7 @@ impl Shipper {
                 return;
             }
             // Envoy always answers a call, with a timeout at worst; this is a safety net.
-            log::warn!("inference-gate: collector call {} never answered", f.token);
+            log::warn!("collector call {} never answered", f.token);
             self.inflight = None;
             self.failed(host, now, f.records);
             return;
@@ -231,7 +231,7 @@ impl Shipper {
             Verdict::Stored => {
                 if self.failures > 0 {
                     log::info!(
-                        "inference-gate: collector reachable again after {} failed attempts",
+                        "collector reachable again after {} failed attempts",
                         self.failures
                     );
                 }
@@ -246,7 +246,7 @@ impl Shipper {
             }
             Verdict::Refused => {
                 log::error!(
-                    "inference-gate: collector refused a batch of {} records with status {}; records dropped",
+                    "collector refused a batch of {} records with status {}; records dropped",
                     f.records,
                     status.unwrap_or(0)
                 );
@@ -259,7 +259,7 @@ impl Shipper {
             Verdict::Retry => {
                 let why = status.map_or("no response".to_string(), |s| format!("status {s}"));
                 log::warn!(
-                    "inference-gate: collector batch of {} records failed ({why}); will retry",
+                    "collector batch of {} records failed ({why}); will retry",
                     f.records
                 );
                 self.failed(host, now, f.records);
@@ -272,7 +272,7 @@ impl Shipper {
             Ok(Some(b)) => b,
             Ok(None) => return,
             Err(e) => {
-                log::warn!("inference-gate: could not prepare a batch: {e}");
+                log::warn!("could not prepare a batch: {e}");
                 return;
             }
         };
@@ -286,7 +286,7 @@ impl Shipper {
                 });
             }
             Err(e) => {
-                log::warn!("inference-gate: collector call could not be dispatched: {e}");
+                log::warn!("collector call could not be dispatched: {e}");
                 self.failed(host, now, batch.records);
             }
         }
@@ -309,7 +309,7 @@ impl Shipper {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    log::warn!("inference-gate: record queue read failed: {e}");
+                    log::warn!("record queue read failed: {e}");
                     break;
                 }
             }
@@ -330,7 +330,7 @@ impl Shipper {
                 // Another flusher stored a batch meanwhile: put these records back.
                 for r in &records {
                     if let Err(e) = host.enqueue(r) {
-                        log::error!("inference-gate: record lost while requeueing: {e}");
+                        log::error!("record lost while requeueing: {e}");
                         host.count(Count::Dropped, 1);
                         host.count(Count::Buffered, -1);
                     }

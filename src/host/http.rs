@@ -1,11 +1,12 @@
 //! One HTTP request through the gateway.
 //!
 //! Request headers: answer `/healthz`; find the tenant from the key (or answer `401`); strip
-//! the credentials and set `x-tenant-id`. The request is held until its body is in, so that
-//! admission can reserve an estimate of its tokens before anything reaches the model server.
-//! Admission refuses with `429` (limits), `503` (the record buffer is full) or lets it pass.
-//! Response: add the rate-limit headers and read usage as the body streams past. Log phase:
-//! settle the reservation against the real usage and queue the billing and audit records.
+//! the credentials and set `x-tenant-id`; refuse at once a tenant with no request or token
+//! left. Request body: held until it is whole, then admission reserves the request and an
+//! estimate of its tokens, or refuses with `429` (limits) or `503` (the record buffer is
+//! full); the model server gets the body only once the reservation is made. Response: add
+//! the rate-limit headers and read usage as the body streams past. Log phase: settle the
+//! reservation against the real usage and queue the billing and audit records.
 
 use std::rc::Rc;
 
@@ -83,7 +84,7 @@ impl HttpFilter {
     /// A prefix for log lines: the request id, never anything secret.
     fn who(&self) -> String {
         format!(
-            "inference-gate: request_id={} tenant={}",
+            "request_id={} tenant={}",
             self.request_id.as_deref().unwrap_or("-"),
             self.tenant().map_or("-", |t| t.id.as_str())
         )
@@ -225,6 +226,42 @@ impl HttpFilter {
         }
     }
 
+    /// A read-only look at the tenant's buckets: a refusal if not even one request with one
+    /// token could pass now.
+    fn precheck(&self) -> Option<LocalReply> {
+        let tenant = self.tenant()?;
+        let limits = Limits {
+            requests: tenant.rate_limit,
+            tokens: tenant.token_budget,
+        };
+        let env = Env {
+            worker: &self.worker,
+        };
+        let (stored, _) = shared::SharedData::get(&env, &limits_key(&tenant.id)).ok()?;
+        let state = stored
+            .as_deref()
+            .and_then(BucketState::decode)
+            .unwrap_or_default();
+        match limits::admit(state, limits, now_ns(), 1) {
+            Decision::Refuse {
+                refusal,
+                retry_after_ns,
+                requests,
+                tokens,
+            } => {
+                log::debug!("{} rate limited before the body: {refusal:?}", self.who());
+                Some(reply::rate_limited(
+                    refusal,
+                    retry_after_ns,
+                    &requests,
+                    &tokens,
+                    1,
+                ))
+            }
+            Decision::Admit { .. } => None,
+        }
+    }
+
     /// The usage to bill and to settle the reservation with.
     fn final_usage(&mut self) -> Option<(Usage, UsageSource, Option<String>)> {
         let outcome = self
@@ -333,8 +370,14 @@ impl HttpContext for HttpFilter {
         if end_of_stream {
             return self.admit(&[]);
         }
-        // Hold the request until the whole body is in: admission needs the prompt.
-        Action::Pause
+        // A tenant already out of requests or tokens is refused before anything goes
+        // upstream. Otherwise the headers go on now and the body is held until it is whole:
+        // the token reservation needs the prompt. (Envoy's Wasm host does not deliver the
+        // body to a filter that pauses its headers, so the headers cannot wait for it.)
+        match self.precheck() {
+            Some(r) => self.reply(r),
+            None => Action::Continue,
+        }
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {

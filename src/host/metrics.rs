@@ -27,7 +27,7 @@ fn define(kind: MetricType, name: &str) -> Option<u32> {
     match hostcalls::define_metric(kind, name) {
         Ok(id) => Some(id),
         Err(e) => {
-            log::warn!("inference-gate: metric {name} not defined: {e:?}");
+            log::warn!("metric {name} not defined: {e:?}");
             None
         }
     }

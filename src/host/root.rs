@@ -79,18 +79,18 @@ impl RootContext for Root {
             Ok(c) => c,
             Err(e) => {
                 // The message names the field; it never echoes values, which may be secrets.
-                log::error!("inference-gate: invalid plugin configuration: {e}");
+                log::error!("invalid plugin configuration: {e}");
                 return false;
             }
         };
         if config.tenants.is_empty() {
-            log::warn!("inference-gate: no tenants configured; every request will get 401");
+            log::warn!("no tenants configured; every request will get 401");
         }
 
         let queue = match hostcalls::register_shared_queue(QUEUE_NAME) {
             Ok(q) => Some(q),
             Err(e) => {
-                log::error!("inference-gate: record queue unavailable ({e:?}); refusing to start");
+                log::error!("record queue unavailable ({e:?}); refusing to start");
                 return false;
             }
         };
@@ -109,10 +109,7 @@ impl RootContext for Root {
         let empty = BucketState::default().encode();
         for t in &worker.config.tenants {
             if let Err(e) = shared::ensure(&env, &limits_key(&t.id), &empty) {
-                log::error!(
-                    "inference-gate: tenant={} limit state not created: {e}",
-                    t.id
-                );
+                log::error!("tenant={} limit state not created: {e}", t.id);
                 return false;
             }
         }
@@ -129,11 +126,11 @@ impl RootContext for Root {
             },
         ));
         if let Err(e) = hostcalls::set_tick_period(Duration::from_millis(c.flush_interval_ms)) {
-            log::error!("inference-gate: tick not set ({e:?}); records would never be sent");
+            log::error!("tick not set ({e:?}); records would never be sent");
             return false;
         }
         log::info!(
-            "inference-gate: configured tenants={} keys={} collector_cluster={}",
+            "configured tenants={} keys={} collector_cluster={}",
             worker.config.tenants.len(),
             worker.config.keys.len(),
             c.cluster
