@@ -49,6 +49,8 @@ struct RawConfig {
     collector: RawCollector,
     #[serde(default)]
     metering: RawMetering,
+    /// Reserved for SAML sign-on; refused with a clear message until it is supported.
+    sso: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -58,6 +60,7 @@ struct RawTenant {
     api_key_sha256: OneOrMany,
     rate_limit: u64,
     token_budget: u64,
+    saml: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -150,7 +153,7 @@ impl Config {
         let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|err| {
             let path = err.path().to_string();
             let field = if path == "." { String::new() } else { path };
-            ConfigError::new(field, err.into_inner().to_string())
+            ConfigError::new(field, redact(&err.into_inner().to_string()))
         })?;
         de.end()
             .map_err(|err| ConfigError::new("", err.to_string()))?;
@@ -162,13 +165,48 @@ impl Config {
     }
 }
 
+/// Takes the offending value out of a serde message: a wrongly typed secret (an ingest
+/// token written as a number, say) must not end up in Envoy's log.
+/// `invalid type: integer `123`, expected a string at line 1 column 9` becomes
+/// `invalid type: integer, expected a string at line 1 column 9`.
+fn redact(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        let Some(rest) = message.strip_prefix(prefix) else {
+            continue;
+        };
+        let (Some(quote), Some(expected)) = (rest.find(['`', '"']), rest.rfind(", expected"))
+        else {
+            continue;
+        };
+        if quote < expected {
+            let kind = rest.get(..quote).unwrap_or("").trim_end();
+            let tail = rest.get(expected..).unwrap_or("");
+            return format!("{prefix}{kind}{tail}");
+        }
+    }
+    message.to_string()
+}
+
 fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+    if raw.sso.is_some() {
+        return Err(ConfigError::new(
+            "sso",
+            "SAML sign-on is not supported by this version of the filter",
+        ));
+    }
     let mut tenants = Vec::with_capacity(raw.tenants.len());
     let mut keys = KeyTable::default();
     let mut seen_ids = HashSet::new();
 
     for (i, t) in raw.tenants.into_iter().enumerate() {
         let field = |name: &str| format!("tenants[{i}].{name}");
+
+        if t.saml.is_some() {
+            return Err(ConfigError::new(
+                field("saml"),
+                "SAML sign-on is not supported by this version of the filter",
+            ));
+        }
 
         check_tenant_id(&t.id).map_err(|m| ConfigError::new(field("id"), m))?;
         if !seen_ids.insert(t.id.clone()) {
@@ -430,6 +468,42 @@ mod tests {
         let e = err_of(v);
         assert_eq!(e.field, "tenants[0].rate_limit");
         assert!(e.message.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn a_wrongly_typed_value_is_not_echoed() {
+        let mut v = minimal();
+        v["collector"]["ingest_token"] = 80417293365512u64.into();
+        let e = err_of(v);
+        assert_eq!(e.field, "collector.ingest_token");
+        assert!(!e.to_string().contains("80417293365512"), "{e}");
+        assert!(
+            e.message
+                .starts_with("invalid type: integer, expected a string"),
+            "{e}"
+        );
+
+        let mut v = minimal();
+        v["collector"]["ingest_token"] = serde_json::json!(["s3cr3t-value"]);
+        assert!(!err_of(v).to_string().contains("s3cr3t"));
+
+        assert_eq!(
+            redact("invalid value: string \"a, expected b\", expected one of x at line 1 column 2"),
+            "invalid value: string, expected one of x at line 1 column 2"
+        );
+        assert_eq!(redact("missing field `x`"), "missing field `x`");
+    }
+
+    #[test]
+    fn saml_is_refused_until_supported() {
+        let mut v = minimal();
+        v["tenants"][0]["saml"] = serde_json::json!({"idp_metadata": "<x/>"});
+        let e = err_of(v);
+        assert_eq!(e.field, "tenants[0].saml");
+        assert!(e.message.contains("not supported"));
+        let mut v = minimal();
+        v["sso"] = serde_json::json!({"token_secret": "x"});
+        assert_eq!(err_of(v).field, "sso");
     }
 
     #[test]

@@ -71,8 +71,11 @@ pub fn rate_limited(
     retry_after_ns: u64,
     requests: &LimitView,
     tokens: &LimitView,
-    needed_tokens: u64,
+    needed_tokens: Option<u64>,
 ) -> LocalReply {
+    let needs = needed_tokens.map_or(String::new(), |n| {
+        format!(", this request needs an estimated {n}")
+    });
     let (code, message) = match refusal {
         Refusal::Requests => (
             "rate_limit_exceeded",
@@ -84,15 +87,15 @@ pub fn rate_limited(
         Refusal::Tokens => (
             "token_budget_exceeded",
             format!(
-                "Token budget reached: {} tokens per minute, this request needs an estimated {}. Retry after the time in the retry-after header.",
-                tokens.limit, needed_tokens
+                "Token budget reached: {} tokens per minute{needs}. Retry after the time in the retry-after header.",
+                tokens.limit
             ),
         ),
         Refusal::TooLarge => (
             "request_too_large",
             format!(
                 "Request too large: it needs an estimated {} tokens, more than the budget of {} tokens per minute. Lower max_tokens or shorten the prompt.",
-                needed_tokens, tokens.limit
+                needed_tokens.unwrap_or(0), tokens.limit
             ),
         ),
     };
@@ -199,7 +202,7 @@ mod tests {
             remaining: 40,
             reset_ns: 0,
         };
-        let r = rate_limited(Refusal::Requests, 11_500 * MS, &v, &t, 3);
+        let r = rate_limited(Refusal::Requests, 11_500 * MS, &v, &t, Some(3));
         assert_eq!(r.status, 429);
         let h: std::collections::HashMap<_, _> = r.headers.iter().cloned().collect();
         assert_eq!(h["retry-after"], "12");
@@ -209,7 +212,7 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(body["error"]["code"], "rate_limit_exceeded");
 
-        let r = rate_limited(Refusal::TooLarge, 0, &v, &t, 500);
+        let r = rate_limited(Refusal::TooLarge, 0, &v, &t, Some(500));
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(body["error"]["code"], "request_too_large");
         assert!(body["error"]["message"].as_str().unwrap().contains("500"));

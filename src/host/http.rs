@@ -206,7 +206,7 @@ impl HttpFilter {
                     retry_after_ns,
                     &requests,
                     &tokens,
-                    cost,
+                    Some(cost),
                 ))
             }
             Err(e) => {
@@ -255,7 +255,7 @@ impl HttpFilter {
                     retry_after_ns,
                     &requests,
                     &tokens,
-                    1,
+                    None,
                 ))
             }
             Decision::Admit { .. } => None,

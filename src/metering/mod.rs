@@ -20,6 +20,9 @@ use sse::SseDecoder;
 /// large is content, and skipping it costs only an output estimate.
 const MAX_EVENT_BYTES: usize = 256 * 1024;
 
+/// How much of the end of a JSON body too large to keep is kept anyway: usage comes last.
+const TAIL_BYTES: usize = 64 * 1024;
+
 /// The API shape of a request, decided by its path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Api {
@@ -123,24 +126,30 @@ impl Usage {
 pub struct Outcome {
     pub usage: Option<Usage>,
     pub model: Option<String>,
-    /// Output tokens estimated from what was seen, for when `usage` is missing.
+    /// Output tokens estimated from what was seen, for when `usage` is missing. `u64::MAX`
+    /// when nothing could be read (a compressed body): the caller bills its reservation.
     pub output_estimate: u64,
     /// Why usage could not be read, if a limit or an encoding was in the way.
     pub unreadable: Option<&'static str>,
 }
 
 enum Mode {
-    /// A JSON body, kept whole up to a bound.
+    /// A JSON body, kept whole up to a bound; past it, only its last bytes.
     Json {
         body: Vec<u8>,
         overflowed: bool,
+        seen: usize,
     },
     Sse {
         decoder: SseDecoder,
         events: u64,
     },
-    /// Nothing to read (compressed, or a type that carries no usage).
-    Skip(&'static str),
+    /// Nothing to parse: a compressed body, or a type that carries no usage.
+    Skip {
+        why: &'static str,
+        compressed: bool,
+        seen: usize,
+    },
 }
 
 /// Reads usage from a response as it streams past.
@@ -163,24 +172,31 @@ impl ResponseMeter {
         let media = content_type
             .and_then(|c| c.split(';').next())
             .map(|m| m.trim().to_ascii_lowercase());
+        let json = Mode::Json {
+            body: Vec::new(),
+            overflowed: false,
+            seen: 0,
+        };
         let mode = if encoded {
-            Mode::Skip("the response is compressed")
+            Mode::Skip {
+                why: "the response is compressed",
+                compressed: true,
+                seen: 0,
+            }
         } else {
             match media.as_deref() {
                 Some("text/event-stream") => Mode::Sse {
                     decoder: SseDecoder::new(MAX_EVENT_BYTES),
                     events: 0,
                 },
-                Some(m) if m == "application/json" || m.ends_with("+json") => Mode::Json {
-                    body: Vec::new(),
-                    overflowed: false,
-                },
+                Some(m) if m == "application/json" || m.ends_with("+json") => json,
                 // Some servers omit the type; their body is still worth a look.
-                None => Mode::Json {
-                    body: Vec::new(),
-                    overflowed: false,
+                None => json,
+                Some(_) => Mode::Skip {
+                    why: "the response is not JSON or an event stream",
+                    compressed: false,
+                    seen: 0,
                 },
-                Some(_) => Mode::Skip("the response is not JSON or an event stream"),
             }
         };
         ResponseMeter {
@@ -194,21 +210,28 @@ impl ResponseMeter {
     pub fn feed(&mut self, chunk: &[u8]) {
         let outcome = &mut self.outcome;
         match &mut self.mode {
-            Mode::Json { body, overflowed } => {
-                if *overflowed {
-                    return;
-                }
-                if body.len() + chunk.len() > self.max_body {
-                    *overflowed = true;
-                    *body = Vec::new();
-                    return;
-                }
+            Mode::Json {
+                body,
+                overflowed,
+                seen,
+            } => {
+                *seen = seen.saturating_add(chunk.len());
                 body.extend_from_slice(chunk);
+                let bound = if *overflowed {
+                    TAIL_BYTES
+                } else {
+                    self.max_body
+                };
+                if body.len() > bound {
+                    *overflowed = true;
+                    let excess = body.len().saturating_sub(TAIL_BYTES);
+                    body.drain(..excess);
+                }
             }
             Mode::Sse { decoder, events } => {
                 decoder.feed(chunk, &mut |e| on_event(outcome, events, e.data));
             }
-            Mode::Skip(_) => {}
+            Mode::Skip { seen, .. } => *seen = seen.saturating_add(chunk.len()),
         }
     }
 
@@ -216,21 +239,44 @@ impl ResponseMeter {
     pub fn finish(mut self) -> Outcome {
         let mut outcome = self.outcome;
         match &mut self.mode {
-            Mode::Json { body, overflowed } => {
+            Mode::Json {
+                body,
+                overflowed,
+                seen,
+            } => {
                 if *overflowed {
-                    outcome.unreadable =
-                        Some("the response body is larger than max_response_body_bytes");
+                    outcome.usage = openai::usage_in_tail(body);
+                    if outcome.usage.is_none() {
+                        outcome.unreadable = Some(
+                            "the body is over max_response_body_bytes and its end holds no usage",
+                        );
+                        outcome.output_estimate = estimate::bytes_tokens(*seen);
+                    }
                 } else if let Some(r) = openai::read_response(body) {
                     outcome.usage = r.usage;
                     outcome.model = r.model;
                     outcome.output_estimate = r.text_tokens;
+                } else {
+                    outcome.output_estimate = estimate::bytes_tokens(*seen);
                 }
             }
             Mode::Sse { decoder, events } => {
                 decoder.finish(&mut |e| on_event(&mut outcome, events, e.data));
                 outcome.output_estimate = *events;
             }
-            Mode::Skip(why) => outcome.unreadable = Some(why),
+            Mode::Skip {
+                why,
+                compressed,
+                seen,
+            } => {
+                outcome.unreadable = Some(why);
+                // Nothing of a compressed body can be read: the caller bills its reservation.
+                outcome.output_estimate = if *compressed {
+                    u64::MAX
+                } else {
+                    estimate::bytes_tokens(*seen)
+                };
+            }
         }
         outcome
     }
@@ -306,22 +352,47 @@ mod tests {
     }
 
     #[test]
-    fn json_body_over_the_bound_is_unreadable() {
+    fn json_body_over_the_bound_without_usage_is_estimated_from_its_size() {
         let mut m = ResponseMeter::new(Some("application/json"), None, 1024);
         m.feed(&[b' '; 1000]);
         m.feed(&[b' '; 100]);
         let o = m.finish();
         assert_eq!(o.usage, None);
         assert!(o.unreadable.is_some());
+        assert_eq!(o.output_estimate, 275);
+    }
+
+    #[test]
+    fn json_body_over_the_bound_still_yields_the_usage_at_its_end() {
+        let mut body = br#"{"object":"list","data":[{"embedding":["#.to_vec();
+        for _ in 0..40_000 {
+            body.extend_from_slice(b"0.125,");
+        }
+        body.extend_from_slice(
+            br#"0.5]}],"model":"e","usage":{"prompt_tokens":321,"total_tokens":321}}"#,
+        );
+        for chunk_size in [7, 1000, 65_536, body.len()] {
+            let mut m = ResponseMeter::new(Some("application/json"), None, 1024);
+            for c in body.chunks(chunk_size) {
+                m.feed(c);
+            }
+            let o = m.finish();
+            let u = o.usage.map(|u| (u.input_tokens, u.output_tokens));
+            assert_eq!(u, Some((321, 0)), "chunks of {chunk_size}");
+            assert!(o.unreadable.is_none());
+        }
     }
 
     #[test]
     fn compressed_and_foreign_bodies_are_skipped() {
         let mut m = ResponseMeter::new(Some("application/json"), Some("gzip"), 1024);
         m.feed(b"\x1f\x8b...");
-        assert_eq!(m.finish().unreadable, Some("the response is compressed"));
+        let o = m.finish();
+        assert_eq!(o.unreadable, Some("the response is compressed"));
+        assert_eq!(o.output_estimate, u64::MAX);
         let o = meter("text/html", &[b"<html>"]);
         assert!(o.unreadable.is_some());
+        assert_eq!(o.output_estimate, 2);
         let m = ResponseMeter::new(Some("application/json"), Some("identity"), 1024);
         assert!(m.finish().unreadable.is_none());
     }

@@ -72,6 +72,20 @@ where
     Ok(T::deserialize(value).ok())
 }
 
+/// Like `lenient`, for a struct that must come from a JSON object: serde would also fill a
+/// struct from an array by position, and `"usage": [1, 0]` is not a usage report.
+fn object<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let value = serde_json::Value::deserialize(de)?;
+    if !value.is_object() {
+        return Ok(None);
+    }
+    Ok(T::deserialize(value).ok())
+}
+
 /// Which OpenAI endpoint a request was for; it decides how the request is estimated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -86,8 +100,7 @@ pub fn estimate_request(
     body: &[u8],
     default_max_tokens: u64,
 ) -> Option<RequestEstimate> {
-    // serde would also read a struct from a JSON array; only an object is a request.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+    if !starts_object(body) {
         return None;
     }
     let req: Request = serde_json::from_slice(body).ok()?;
@@ -113,6 +126,54 @@ pub fn estimate_request(
         output_tokens: per_choice.saturating_mul(choices),
         stream: req.stream.unwrap_or(false),
     })
+}
+
+/// serde would also read a struct from a JSON array; only an object is a request or a
+/// response.
+fn starts_object(json: &[u8]) -> bool {
+    json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
+/// Finds the usage object in the last bytes of a JSON body too large to keep whole.
+///
+/// OpenAI-shaped servers put `usage` last, at the top level. The last `"usage":` whose
+/// quote is not escaped (inside generated text it would be written `\"usage\"`) and that
+/// is followed by an object is taken as the report.
+pub fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
+    const KEY: &[u8] = b"\"usage\"";
+    let mut end = tail.len();
+    while let Some(at) = tail.get(..end)?.windows(KEY.len()).rposition(|w| w == KEY) {
+        end = at;
+        if at > 0 && tail.get(at - 1) == Some(&b'\\') {
+            continue;
+        }
+        let rest = tail.get(at + KEY.len()..)?;
+        let rest = rest.get(rest.iter().position(|b| !b.is_ascii_whitespace())?..)?;
+        let Some(value) = rest.strip_prefix(b":") else {
+            continue;
+        };
+        let mut values =
+            serde_json::Deserializer::from_slice(value).into_iter::<serde_json::Value>();
+        if let Some(Ok(v)) = values.next() {
+            if v.is_object() {
+                if let Ok(u) = WireUsage::deserialize(v) {
+                    return Some(u.into());
+                }
+            }
+        }
+    }
+    None
+}
+
+impl From<WireUsage> for Usage {
+    fn from(u: WireUsage) -> Usage {
+        Usage {
+            input_tokens: u.prompt_tokens,
+            output_tokens: u.completion_tokens,
+            cached_input_tokens: u.prompt_tokens_details.and_then(|d| d.cached_tokens),
+            reasoning_tokens: u.completion_tokens_details.and_then(|d| d.reasoning_tokens),
+        }
+    }
 }
 
 fn chat_tokens(messages: &[Message]) -> u64 {
@@ -145,7 +206,7 @@ fn prompt_tokens(p: &Prompt) -> u64 {
 struct UsageCarrier {
     #[serde(default, deserialize_with = "lenient")]
     model: Option<String>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "object")]
     usage: Option<WireUsage>,
     #[serde(default, deserialize_with = "lenient")]
     choices: Option<Vec<Choice>>,
@@ -156,9 +217,9 @@ struct WireUsage {
     prompt_tokens: u64,
     #[serde(default)]
     completion_tokens: u64,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "object")]
     prompt_tokens_details: Option<PromptDetails>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "object")]
     completion_tokens_details: Option<CompletionDetails>,
 }
 
@@ -176,7 +237,7 @@ struct CompletionDetails {
 
 #[derive(Deserialize)]
 struct Choice {
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "object")]
     message: Option<ChoiceMessage>,
     #[serde(default, deserialize_with = "lenient")]
     text: Option<String>,
@@ -199,6 +260,9 @@ pub struct Reading {
 
 /// Reads a response body or chunk. `None` if it is not a JSON object.
 pub fn read_response(json: &[u8]) -> Option<Reading> {
+    if !starts_object(json) {
+        return None;
+    }
     let c: UsageCarrier = serde_json::from_slice(json).ok()?;
     let text_tokens = c.choices.as_deref().map_or(0, |choices| {
         choices
@@ -216,12 +280,7 @@ pub fn read_response(json: &[u8]) -> Option<Reading> {
     });
     Some(Reading {
         model: c.model,
-        usage: c.usage.map(|u| Usage {
-            input_tokens: u.prompt_tokens,
-            output_tokens: u.completion_tokens,
-            cached_input_tokens: u.prompt_tokens_details.and_then(|d| d.cached_tokens),
-            reasoning_tokens: u.completion_tokens_details.and_then(|d| d.reasoning_tokens),
-        }),
+        usage: c.usage.map(Usage::from),
         text_tokens,
     })
 }
@@ -374,6 +433,40 @@ mod tests {
             r.usage.map(|u| (u.input_tokens, u.output_tokens)),
             Some((8, 0))
         );
+    }
+
+    #[test]
+    fn usage_that_is_not_an_object_is_not_believed() {
+        assert_eq!(
+            read_response(br#"{"choices":[],"usage":[1,0]}"#)
+                .unwrap()
+                .usage,
+            None
+        );
+        assert_eq!(read_response(br#"{"usage":"12"}"#).unwrap().usage, None);
+        let r =
+            read_response(br#"{"usage":{"prompt_tokens":2,"prompt_tokens_details":[5]}}"#).unwrap();
+        assert_eq!(r.usage.unwrap().cached_input_tokens, None);
+        assert!(read_response(br#"[{"usage":{"prompt_tokens":1}}]"#).is_none());
+    }
+
+    #[test]
+    fn usage_is_found_in_the_tail_of_a_large_body() {
+        let tail = br#"0.1,0.2]}],"model":"e","usage":{"prompt_tokens":4096,"total_tokens":4096}}"#;
+        assert_eq!(usage_in_tail(tail).map(|u| u.input_tokens), Some(4096));
+        // Generated text that mentions usage is escaped, and is not taken for the report.
+        let tail = br#"{"content":"\"usage\":{\"prompt_tokens\":1}"}}],"usage":{"prompt_tokens":7,"completion_tokens":9}}"#;
+        assert_eq!(
+            usage_in_tail(tail).map(|u| (u.input_tokens, u.output_tokens)),
+            Some((7, 9))
+        );
+        let tail = br#"{"content":"\"usage\":{\"prompt_tokens\":1}"}}]}"#;
+        assert_eq!(usage_in_tail(tail), None);
+        assert_eq!(usage_in_tail(br#""usage": [1, 2]}"#), None);
+        assert_eq!(usage_in_tail(br#"sage":{"prompt_tokens":1}}"#), None);
+        assert_eq!(usage_in_tail(b""), None);
+        assert_eq!(usage_in_tail(br#""usage""#), None);
+        assert_eq!(usage_in_tail(br#""usage":{"prompt_tokens":3,"#), None);
     }
 
     #[test]

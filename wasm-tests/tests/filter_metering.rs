@@ -1,0 +1,469 @@
+//! The built filter in the harness: usage read from JSON bodies and event streams as they
+//! pass, and the billing record that follows.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod gate;
+
+use std::collections::BTreeSet;
+
+use gate::{
+    begin, completion_body, config, send, Gate, Request, Response, ACME, CHAT,
+    CHAT_PROMPT_ESTIMATE, COMPLETIONS,
+};
+use serde_json::{json, Value};
+use wasm_tests::Action;
+
+const NOON_NS: u64 = 1_717_243_200_250_000_000; // 2024-06-01T12:00:00.250Z
+
+fn usage_of(record: &Value) -> (u64, u64) {
+    (
+        record["input_tokens"].as_u64().unwrap(),
+        record["output_tokens"].as_u64().unwrap(),
+    )
+}
+
+fn only_billing(gate: &Gate) -> Value {
+    let billing = gate.billing();
+    assert_eq!(billing.len(), 1, "{billing:?}");
+    billing.into_iter().next().unwrap()
+}
+
+#[test]
+fn a_json_response_is_billed_with_exactly_its_usage() {
+    let gate = Gate::default_one();
+    gate.host.set_time(NOON_NS);
+    let request = Request::chat(ACME.key(), 50).header("x-request-id", "req-json-1");
+    let body = json!({
+        "id": "chatcmpl-9", "object": "chat.completion", "model": "gpt-test-2024-05-13",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 19, "completion_tokens": 10, "total_tokens": 29,
+                  "prompt_tokens_details": {"cached_tokens": 3},
+                  "completion_tokens_details": {"reasoning_tokens": 4}}
+    })
+    .to_string();
+    // Split mid-token: the filter must join chunks before reading.
+    let (a, b) = body.as_bytes().split_at(body.len() / 2);
+    let response = Response::new(200, "application/json; charset=utf-8", &[a, b]);
+    let exchange = send(gate.vm(0), &request, &response).unwrap();
+    assert_eq!(exchange.stream.forwarded_response_body(), body.as_bytes());
+
+    let record = only_billing(&gate);
+    let keys: BTreeSet<&str> = record
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let expected: BTreeSet<&str> = [
+        "kind",
+        "id",
+        "tenant_id",
+        "input_tokens",
+        "output_tokens",
+        "cached_input_tokens",
+        "reasoning_tokens",
+        "timestamp",
+        "model",
+        "request_id",
+        "api",
+        "usage_source",
+    ]
+    .into();
+    assert_eq!(keys, expected);
+    assert_eq!(record["tenant_id"], "acme");
+    assert_eq!(usage_of(&record), (19, 10));
+    assert_eq!(record["cached_input_tokens"], 3);
+    assert_eq!(record["reasoning_tokens"], 4);
+    // The model the request asked for, not the snapshot the response names.
+    assert_eq!(record["model"], "gpt-test");
+    assert_eq!(record["request_id"], "req-json-1");
+    assert_eq!(record["api"], "openai_chat");
+    assert_eq!(record["usage_source"], "reported");
+    assert_eq!(record["timestamp"], "2024-06-01T12:00:00.250Z");
+    let id = record["id"].as_str().unwrap();
+    assert!(
+        id.len() >= 16 && id.bytes().all(|c| c.is_ascii_alphanumeric()),
+        "{id}"
+    );
+
+    let audits = gate.audits();
+    assert_eq!(audits.len(), 1);
+    assert_eq!(audits[0]["result"], "success");
+    assert_eq!(audits[0]["status_code"], 200);
+    assert_eq!(audits[0]["resource"], "gpt-test");
+    assert_eq!(audits[0]["request_id"], "req-json-1");
+    assert_eq!(gate.metric("inference_gate.records.queued"), 2);
+    assert_eq!(gate.metric("inference_gate.buffer.records"), 2);
+    assert_eq!(gate.metric("inference_gate.usage.estimated"), 0);
+}
+
+#[test]
+fn the_model_comes_from_the_response_when_the_request_names_none() {
+    let gate = Gate::default_one();
+    let request = Request::post(
+        COMPLETIONS,
+        ACME.key(),
+        r#"{"prompt":"Say hi","max_tokens":5}"#,
+    );
+    let response = Response::json(
+        200,
+        r#"{"id":"cmpl-1","object":"text_completion","model":"served-model",
+            "choices":[{"text":" hi","index":0,"finish_reason":"stop"}],
+            "usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#,
+    );
+    send(gate.vm(0), &request, &response).unwrap();
+    let record = only_billing(&gate);
+    assert_eq!(usage_of(&record), (3, 2));
+    assert_eq!(record["model"], "served-model");
+    assert_eq!(record["api"], "openai_completions");
+    assert_eq!(record["usage_source"], "reported");
+    assert!(record.get("cached_input_tokens").is_none());
+
+    // Same for chat.
+    let request = Request::post(CHAT, ACME.key(), &gate::chat_body(None, 5));
+    let response = Response::json(200, &completion_body(Some("chat-served"), 7, 1));
+    send(gate.vm(0), &request, &response).unwrap();
+    let billing = gate.billing();
+    assert_eq!(billing[1]["model"], "chat-served");
+    assert_eq!(billing[1]["api"], "openai_chat");
+    assert_eq!(usage_of(&billing[1]), (7, 1));
+}
+
+#[test]
+fn embeddings_are_billed_input_only() {
+    let gate = Gate::default_one();
+    let request = Request::post(
+        "/v1/embeddings",
+        ACME.key(),
+        r#"{"model":"embed-1","input":["abcd","efgh"]}"#,
+    );
+    let response = Response::json(
+        200,
+        r#"{"object":"list","data":[],"model":"embed-1",
+            "usage":{"prompt_tokens":8,"total_tokens":8}}"#,
+    );
+    send(gate.vm(0), &request, &response).unwrap();
+    let record = only_billing(&gate);
+    assert_eq!(usage_of(&record), (8, 0));
+    assert_eq!(record["api"], "openai_embeddings");
+    assert_eq!(record["model"], "embed-1");
+}
+
+/// One chunk of an OpenAI chat stream.
+fn chunk(delta: Value, finish: Option<&str>) -> Value {
+    json!({
+        "id": "c1", "object": "chat.completion.chunk", "model": "gpt-test",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        "usage": null,
+    })
+}
+
+/// A chat stream as OpenAI sends it with `stream_options.include_usage`, with CRLF line
+/// endings and a keep-alive comment.
+fn stream_body(usage: bool) -> Vec<u8> {
+    let mut events = vec![
+        chunk(json!({"role": "assistant", "content": ""}), None),
+        chunk(json!({"content": "Hel"}), None),
+        chunk(json!({"content": "lo"}), Some("stop")),
+    ];
+    if usage {
+        events.push(json!({
+            "id": "c1", "object": "chat.completion.chunk", "model": "gpt-test", "choices": [],
+            "usage": {"prompt_tokens": 21, "completion_tokens": 3, "total_tokens": 24,
+                      "prompt_tokens_details": {"cached_tokens": 16}},
+        }));
+    }
+    let mut body = b": keep-alive\r\n\r\n".to_vec();
+    for event in events {
+        body.extend_from_slice(format!("data: {event}\r\n\r\n").as_bytes());
+    }
+    body.extend_from_slice(b"data: [DONE]\r\n\r\n");
+    body
+}
+
+/// Cuts `body` at each position, in order.
+fn cut<'a>(body: &'a [u8], positions: &[usize]) -> Vec<&'a [u8]> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    for &p in positions {
+        chunks.push(&body[start..p]);
+        start = p;
+    }
+    chunks.push(&body[start..]);
+    chunks
+}
+
+fn position(body: &[u8], needle: &str, nth: usize) -> usize {
+    let needle = needle.as_bytes();
+    body.windows(needle.len())
+        .enumerate()
+        .filter(|(_, w)| *w == needle)
+        .nth(nth)
+        .unwrap_or_else(|| panic!("{:?} not found", String::from_utf8_lossy(needle)))
+        .0
+}
+
+/// Delivers a stream chunk by chunk, checking that each one passes at once.
+fn stream_through(gate: &Gate, request: &Request, chunks: &[&[u8]]) {
+    let exchange = begin(gate.vm(0), request).unwrap();
+    assert!(exchange.admitted());
+    let s = &exchange.stream;
+    s.response_headers(
+        &[(":status", "200"), ("content-type", "text/event-stream")],
+        false,
+    )
+    .unwrap();
+    let mut sent = 0;
+    for (i, chunk) in chunks.iter().enumerate() {
+        let action = s.response_body(chunk, i + 1 == chunks.len()).unwrap();
+        assert_eq!(action, Action::Continue, "a stream is never held back");
+        sent += chunk.len();
+        assert_eq!(
+            s.forwarded_response_body().len(),
+            sent,
+            "chunk {i} passed at once"
+        );
+    }
+    s.finish().unwrap();
+}
+
+#[test]
+fn a_stream_split_at_awkward_places_is_billed_with_its_final_usage() {
+    let gate = Gate::default_one();
+    let body = stream_body(true);
+    // The fourth data line (after three content chunks) carries the usage.
+    let usage_event = position(&body, "data: ", 3);
+    let usage_end = usage_event + position(&body[usage_event..], "\r\n", 0);
+    let usage_line = String::from_utf8_lossy(&body[usage_event..usage_end]);
+    assert!(usage_line.contains("\"prompt_tokens\":21"), "{usage_line}");
+    let mut cuts = [
+        // Between the \r and the \n of the comment line.
+        position(&body, "\r\n", 0) + 1,
+        // Inside a data: field name.
+        position(&body, "data: ", 1) + 2,
+        // Between \r and \n of a data line.
+        position(&body, "\r\n", 3) + 1,
+        // Inside the usage event's field name, and again inside its JSON.
+        usage_event + 3,
+        usage_event + position(&body[usage_event..], "prompt_tok", 0) + 5,
+        // Between \r and \n, and between the two CRLFs that end the usage event.
+        usage_end + 1,
+        usage_end + 2,
+    ];
+    cuts.sort_unstable();
+    let chunks = cut(&body, &cuts);
+    assert!(chunks.iter().all(|c| !c.is_empty()));
+    assert!(chunks.iter().any(|c| c.starts_with(b"\n")));
+    stream_through(&gate, &Request::chat(ACME.key(), 50), &chunks);
+
+    let record = only_billing(&gate);
+    assert_eq!(usage_of(&record), (21, 3));
+    assert_eq!(record["cached_input_tokens"], 16);
+    assert_eq!(record["usage_source"], "reported");
+    assert_eq!(record["model"], "gpt-test");
+    assert_eq!(gate.metric("inference_gate.usage.estimated"), 0);
+}
+
+#[test]
+fn a_stream_cut_anywhere_in_two_still_yields_the_exact_usage() {
+    let gate = Gate::default_one();
+    let body = stream_body(true);
+    let positions: Vec<usize> = (1..body.len()).step_by(17).collect();
+    for &p in &positions {
+        stream_through(&gate, &Request::chat(ACME.key(), 50), &cut(&body, &[p]));
+    }
+    let billing = gate.billing();
+    assert_eq!(billing.len(), positions.len());
+    for (record, p) in billing.iter().zip(&positions) {
+        assert_eq!(usage_of(record), (21, 3), "cut at {p}");
+        assert_eq!(record["usage_source"], "reported", "cut at {p}");
+    }
+}
+
+#[test]
+fn a_stream_without_usage_is_billed_an_estimate() {
+    let gate = Gate::default_one();
+    let body = stream_body(false);
+    let chunks = cut(&body, &[5, 40, 41, 200]);
+    stream_through(&gate, &Request::chat(ACME.key(), 50), &chunks);
+
+    let record = only_billing(&gate);
+    assert_eq!(record["usage_source"], "estimated");
+    // The prompt as estimated at admission; one output token per content event seen.
+    assert_eq!(usage_of(&record), (CHAT_PROMPT_ESTIMATE, 3));
+    assert_eq!(record["model"], "gpt-test");
+    assert_eq!(gate.metric("inference_gate.usage.estimated"), 1);
+    // Settlement replaced the reservation (8 + 50) by the estimate.
+    assert_eq!(
+        gate.bucket("acme").tokens_micro,
+        (CHAT_PROMPT_ESTIMATE + 3) * 1_000_000
+    );
+}
+
+#[test]
+fn a_server_error_that_reports_usage_is_still_billed() {
+    let gate = Gate::default_one();
+    let response = Response::json(500, &completion_body(Some("gpt-test"), 12, 7));
+    send(gate.vm(0), &Request::chat(ACME.key(), 50), &response).unwrap();
+    let record = only_billing(&gate);
+    assert_eq!(usage_of(&record), (12, 7));
+    assert_eq!(record["usage_source"], "reported");
+    let audits = gate.audits();
+    assert_eq!(audits[0]["result"], "error");
+    assert_eq!(audits[0]["status_code"], 500);
+    assert_eq!(gate.metric("inference_gate.requests.error"), 1);
+}
+
+#[test]
+fn a_server_error_without_usage_bills_nothing_and_refunds_the_reservation() {
+    let gate = Gate::default_one();
+    let response = Response::json(503, r#"{"error":{"message":"overloaded"}}"#);
+    send(gate.vm(0), &Request::chat(ACME.key(), 50), &response).unwrap();
+    assert!(gate.billing().is_empty());
+    assert_eq!(gate.audits()[0]["status_code"], 503);
+    assert_eq!(gate.bucket("acme").tokens_micro, 0);
+    assert_eq!(gate.bucket("acme").requests_micro, 1_000_000);
+}
+
+#[test]
+fn a_request_outside_the_inference_apis_gets_an_audit_entry_only() {
+    let gate = Gate::default_one();
+    let request = Request::get("/v1/models").bearer(ACME.key());
+    let response = Response::json(
+        200,
+        r#"{"object":"list","data":[{"id":"gpt-test","object":"model"}]}"#,
+    );
+    let exchange = send(gate.vm(0), &request, &response).unwrap();
+    assert!(exchange.admitted());
+    assert_eq!(exchange.headers_action, Action::Continue);
+    // Still counted against the request rate and told so.
+    assert_eq!(
+        exchange
+            .stream
+            .response_header("x-ratelimit-remaining-requests")
+            .as_deref(),
+        Some("999")
+    );
+    assert!(gate.billing().is_empty(), "{:?}", gate.billing());
+    let audits = gate.audits();
+    assert_eq!(audits.len(), 1);
+    let audit = &audits[0];
+    assert_eq!(audit["tenant_id"], "acme");
+    assert_eq!(audit["method"], "GET");
+    assert_eq!(audit["path"], "/v1/models");
+    assert_eq!(audit["result"], "success");
+    assert_eq!(audit["resource"], Value::Null);
+    assert_eq!(gate.metric("inference_gate.usage.estimated"), 0);
+}
+
+#[test]
+fn a_body_over_the_bound_is_billed_from_the_usage_at_its_end() {
+    let mut cfg = config(&[ACME]);
+    cfg["metering"] = json!({"max_response_body_bytes": 1024});
+    let gate = Gate::start(&cfg, 1);
+
+    // 4000 characters of generated text, then usage: the body outgrows the 1 KiB bound, and
+    // the usage at its end is still read.
+    let long =
+        completion_body(Some("gpt-test"), 9, 1000).replace("Hello there", &"word ".repeat(800));
+    assert!(long.len() > 4000);
+    let chunks: Vec<&[u8]> = long.as_bytes().chunks(700).collect();
+    let response = Response::new(200, "application/json", &chunks);
+    send(gate.vm(0), &Request::chat(ACME.key(), 2000), &response).unwrap();
+
+    // The same without usage: billed an estimate from the size of what was seen.
+    let no_usage = long.replace(r#""usage""#, r#""other""#);
+    let chunks: Vec<&[u8]> = no_usage.as_bytes().chunks(700).collect();
+    let response = Response::new(200, "application/json", &chunks);
+    send(gate.vm(0), &Request::chat(ACME.key(), 2000), &response).unwrap();
+
+    let billing = gate.billing();
+    assert_eq!(billing.len(), 2);
+    assert_eq!(billing[0]["usage_source"], "reported");
+    assert_eq!(billing[0]["input_tokens"], 9);
+    assert_eq!(billing[0]["output_tokens"], 1000);
+    assert_eq!(billing[1]["usage_source"], "estimated");
+    assert_eq!(billing[1]["input_tokens"], CHAT_PROMPT_ESTIMATE);
+    assert_eq!(
+        billing[1]["output_tokens"].as_u64().unwrap(),
+        (no_usage.len() as u64).div_ceil(4)
+    );
+    let log = gate.log_text();
+    assert!(log.contains("its end holds no usage"), "{log}");
+    assert_eq!(gate.metric("inference_gate.usage.estimated"), 1);
+}
+
+#[test]
+fn a_compressed_body_is_billed_its_whole_reservation() {
+    let gate = Gate::start(&config(&[ACME]), 1);
+    // Compressed, although the filter asked for identity: nothing can be read, so the
+    // output the request was allowed is billed.
+    let gzip = Response::new(
+        200,
+        "application/json",
+        &[b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"],
+    )
+    .header("content-encoding", "gzip");
+    send(gate.vm(0), &Request::chat(ACME.key(), 2000), &gzip).unwrap();
+
+    let log = gate.log_text();
+    assert!(
+        log.contains("usage not readable (the response is compressed)"),
+        "{log}"
+    );
+    let billing = gate.billing();
+    assert_eq!(billing.len(), 1);
+    assert_eq!(billing[0]["usage_source"], "estimated");
+    assert_eq!(billing[0]["input_tokens"], CHAT_PROMPT_ESTIMATE);
+    assert_eq!(billing[0]["output_tokens"], 2000);
+    assert_eq!(gate.metric("inference_gate.usage.estimated"), 1);
+}
+
+#[test]
+fn a_client_that_hangs_up_mid_stream_is_billed_what_was_seen() {
+    let gate = Gate::default_one();
+    let body = stream_body(true);
+    // The client leaves after the first two content events, before the usage event.
+    let cut_at = position(&body, "data: ", 3);
+    let exchange = begin(gate.vm(0), &Request::chat(ACME.key(), 50)).unwrap();
+    let s = &exchange.stream;
+    s.response_headers(
+        &[(":status", "200"), ("content-type", "text/event-stream")],
+        false,
+    )
+    .unwrap();
+    s.response_body(&body[..cut_at], false).unwrap();
+    s.finish().unwrap();
+
+    let record = only_billing(&gate);
+    assert_eq!(record["usage_source"], "estimated");
+    assert_eq!(usage_of(&record), (CHAT_PROMPT_ESTIMATE, 3));
+    assert_eq!(gate.audits()[0]["status_code"], 200);
+}
+
+#[test]
+fn a_client_that_leaves_before_any_response_is_audited_and_not_billed() {
+    let gate = Gate::default_one();
+    let exchange = begin(gate.vm(0), &Request::chat(ACME.key(), 50)).unwrap();
+    assert!(exchange.admitted());
+    assert_eq!(
+        gate.bucket("acme").tokens_micro,
+        (CHAT_PROMPT_ESTIMATE + 50) * 1_000_000
+    );
+    exchange.stream.finish().unwrap();
+
+    assert!(gate.billing().is_empty());
+    let audit = &gate.audits()[0];
+    assert_eq!(audit["status_code"], 499);
+    assert_eq!(audit["result"], "error");
+    // The request counts against the rate; its unused token reservation is returned.
+    let bucket = gate.bucket("acme");
+    assert_eq!((bucket.requests_micro, bucket.tokens_micro), (1_000_000, 0));
+}
