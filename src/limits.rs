@@ -11,7 +11,9 @@
 //! A request reserves one request and an estimate of its tokens. When the response is done,
 //! `settle` replaces the estimate by the real figure: a surplus flows back into the bucket
 //! (never past full: capacity that was already refilled is not granted twice), an excess is
-//! charged even past the budget, and the tenant waits until the debt has drained.
+//! charged even past the budget, and the tenant waits until the debt has drained (at most
+//! ten minutes' worth of debt is kept, so a broken usage report cannot lock a tenant out
+//! for good).
 //!
 //! Amounts are kept in millionths of a request or token so that refill between two
 //! requests is not lost to rounding (each update rounds down by less than one millionth).
@@ -20,6 +22,10 @@
 pub const WINDOW_NS: u64 = 60_000_000_000;
 
 const MICRO: u128 = 1_000_000;
+
+/// The most a bucket can owe, in windows of refill: a model server that reports an absurd
+/// figure locks its tenant out for at most this long, not for centuries.
+const MAX_DEBT_WINDOWS: u128 = 10;
 const STATE_VERSION: u8 = 2;
 const ENCODED_LEN: usize = 1 + 3 * 8;
 
@@ -171,7 +177,8 @@ pub fn settle(
     }
     let mut next = state.at(limits, now_ns);
     if actual > reserved {
-        next.tokens_micro = add_units(next.tokens_micro, actual - reserved);
+        let ceiling = to_u64(u128::from(limits.tokens) * MICRO * MAX_DEBT_WINDOWS);
+        next.tokens_micro = add_units(next.tokens_micro, actual - reserved).min(ceiling);
     } else {
         let refund = to_u64(u128::from(reserved - actual) * MICRO);
         next.tokens_micro = next.tokens_micro.saturating_sub(refund);
@@ -446,6 +453,16 @@ mod tests {
         assert!(wait > 0);
         admitted(admit(BucketState::default(), big, u64::MAX, 1 << 40));
         let s = settle(BucketState::default(), big, u64::MAX, 0, u64::MAX).unwrap();
-        assert_eq!(s.tokens_micro, u64::MAX);
+        assert_eq!(s.tokens_micro, (1u64 << 40) * 1_000_000 * 10);
+    }
+
+    #[test]
+    fn debt_is_capped_at_ten_windows() {
+        let (s, _, _) = admitted(admit(BucketState::default(), L, T0, 10));
+        let s = settle(s, L, T0, 10, 1 << 53).unwrap();
+        assert_eq!(s.tokens_micro, 10 * 1000 * 1_000_000);
+        let (refusal, wait) = refused(admit(s, L, T0, 1));
+        assert_eq!(refusal, Refusal::Tokens);
+        assert!(wait <= 10 * WINDOW_NS, "{wait}");
     }
 }

@@ -100,6 +100,10 @@ pub fn rate_limited(
         ),
     };
     let mut reply = error(429, "rate_limit_error", code, &message);
+    if refusal == Refusal::TooLarge {
+        // Waiting will not help; the OpenAI and Anthropic SDKs honour this and do not retry.
+        reply.headers.push(("x-should-retry", "false".to_string()));
+    }
     reply
         .headers
         .push(("retry-after", retry_after_secs(retry_after_ns).to_string()));
@@ -213,6 +217,7 @@ mod tests {
         assert_eq!(body["error"]["code"], "rate_limit_exceeded");
 
         let r = rate_limited(Refusal::TooLarge, 0, &v, &t, Some(500));
+        assert!(r.headers.contains(&("x-should-retry", "false".to_string())));
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(body["error"]["code"], "request_too_large");
         assert!(body["error"]["message"].as_str().unwrap().contains("500"));

@@ -108,6 +108,72 @@ pub fn assemble(records: &[Vec<u8>]) -> Vec<u8> {
     body
 }
 
+/// A batch body without its record number `index`; `None` if the body is not a batch or has
+/// no such record.
+pub fn without_record(body: &[u8], index: usize) -> Option<Vec<u8>> {
+    #[derive(serde::Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        records: Vec<&'a serde_json::value::RawValue>,
+    }
+    let parsed: Body<'_> = serde_json::from_slice(body).ok()?;
+    if index >= parsed.records.len() {
+        return None;
+    }
+    let kept: Vec<Vec<u8>> = parsed
+        .records
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != index)
+        .map(|(_, r)| r.get().as_bytes().to_vec())
+        .collect();
+    Some(assemble(&kept))
+}
+
+/// What the collector said when it refused a batch.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Refusal {
+    /// The record it named (`param: "records[3].input_tokens"`).
+    pub index: Option<usize>,
+    /// Its message, which names a field but never a value; clipped for the log.
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn read(body: &[u8]) -> Refusal {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            error: Detail,
+        }
+        #[derive(serde::Deserialize)]
+        struct Detail {
+            #[serde(default)]
+            message: Option<String>,
+            #[serde(default)]
+            param: Option<String>,
+        }
+        let Ok(answer) = serde_json::from_slice::<Answer>(body) else {
+            return Refusal {
+                index: None,
+                message: "no readable reason".to_string(),
+            };
+        };
+        let index = answer.error.param.as_deref().and_then(|p| {
+            let rest = p.strip_prefix("records[")?;
+            rest.get(..rest.find(']')?)?.parse().ok()
+        });
+        let mut message = answer
+            .error
+            .message
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| "no reason given".to_string());
+        if let Some((cut, _)) = message.char_indices().nth(200) {
+            message.truncate(cut);
+        }
+        Refusal { index, message }
+    }
+}
+
 /// What a collector answer means for the batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -220,7 +286,14 @@ impl Shipper {
     }
 
     /// Called with the status of a collector call (`None`: no response at all).
-    pub fn on_response(&mut self, host: &dyn ShipperHost, token: u32, status: Option<u32>) {
+    /// `body` is the collector's answer, read only when it refused the batch.
+    pub fn on_response(
+        &mut self,
+        host: &dyn ShipperHost,
+        token: u32,
+        status: Option<u32>,
+        body: &[u8],
+    ) {
         let Some(f) = self.inflight.filter(|f| f.token == token) else {
             return;
         };
@@ -245,12 +318,26 @@ impl Shipper {
                 self.send(host, now);
             }
             Verdict::Refused => {
-                log::error!(
-                    "collector refused a batch of {} records with status {}; records dropped",
-                    f.records,
-                    status.unwrap_or(0)
-                );
                 self.failures = 0;
+                let refusal = Refusal::read(body);
+                // The collector names the record it refused: drop that one, send the rest.
+                if let Some(index) = refusal.index {
+                    if self.drop_one(host, f.batch_id, index) {
+                        log::error!(
+                            "collector refused record {index} of a batch ({}); that record dropped, the other {} resent",
+                            refusal.message,
+                            f.records - 1
+                        );
+                        self.send(host, now);
+                        return;
+                    }
+                }
+                log::error!(
+                    "collector refused a batch of {} records with status {} ({}); records dropped",
+                    f.records,
+                    status.unwrap_or(0),
+                    refusal.message
+                );
                 if self.clear_inflight(host, f.batch_id) {
                     host.count(Count::Dropped, to_i64(f.records));
                     host.count(Count::Buffered, -to_i64(f.records));
@@ -341,6 +428,37 @@ impl Shipper {
                 }
             }
         }
+    }
+
+    /// Replaces the batch in flight by the same batch without record `index`; true if done.
+    fn drop_one(&mut self, host: &dyn ShipperHost, batch_id: u64, index: usize) -> bool {
+        let Ok((stored, cas)) = host.get(INFLIGHT_KEY) else {
+            return false;
+        };
+        let Some(batch) = stored.as_deref().and_then(Batch::decode) else {
+            return false;
+        };
+        if batch.id != batch_id || batch.records < 2 {
+            return false;
+        }
+        let Some(body) = without_record(&batch.body, index) else {
+            return false;
+        };
+        self.batches += 1;
+        let next = Batch {
+            id: self.me.rotate_left(17) ^ self.batches,
+            records: batch.records - 1,
+            body,
+        };
+        if !matches!(
+            host.set(INFLIGHT_KEY, &next.encode(), cas),
+            Ok(Write::Stored)
+        ) {
+            return false;
+        }
+        host.count(Count::Dropped, 1);
+        host.count(Count::Buffered, -1);
+        true
     }
 
     /// Empties the in-flight slot if it still holds `batch_id`; true if this call did it.
@@ -493,11 +611,11 @@ mod tests {
         s.on_tick(&w);
         assert_eq!(w.calls.borrow().len(), 1);
 
-        s.on_response(&w, t, Some(200));
+        s.on_response(&w, t, Some(200), b"");
         // The ack sends the rest at once.
         let (t2, body) = w.last_call();
         assert_eq!(body["records"].as_array().unwrap().len(), 2);
-        s.on_response(&w, t2, Some(200));
+        s.on_response(&w, t2, Some(200), b"");
         assert_eq!(count(&world, "Sent"), 5);
         assert_eq!(count(&world, "Buffered"), 0);
         assert!(world.queue.borrow().is_empty());
@@ -515,7 +633,7 @@ mod tests {
 
         s.on_tick(&w);
         let (t, first) = w.last_call();
-        s.on_response(&w, t, None);
+        s.on_response(&w, t, None, b"");
         assert_eq!(s.failures(), 1);
         assert_eq!(count(&world, "BatchesFailed"), 1);
 
@@ -527,13 +645,13 @@ mod tests {
         s.on_tick(&w);
         let (t, again) = w.last_call();
         assert_eq!(again, first, "the same batch is resent");
-        s.on_response(&w, t, Some(503));
+        s.on_response(&w, t, Some(503), b"");
         assert_eq!(s.failures(), 2);
 
         world.now.set(world.now.get() + 10_000 * MS);
         s.on_tick(&w);
         let (t, _) = w.last_call();
-        s.on_response(&w, t, Some(200));
+        s.on_response(&w, t, Some(200), b"");
         assert_eq!(s.failures(), 0);
         assert_eq!(count(&world, "Sent"), 2);
         assert_eq!(count(&world, "Buffered"), 0);
@@ -547,13 +665,80 @@ mod tests {
         put(&world, 2);
         s.on_tick(&w);
         let (t, _) = w.last_call();
-        s.on_response(&w, t, Some(400));
+        s.on_response(&w, t, Some(400), b"");
         assert_eq!(count(&world, "Dropped"), 2);
         assert_eq!(count(&world, "Buffered"), 0);
         assert_eq!(
             Batch::decode(&world.shared.get(INFLIGHT_KEY).unwrap().0.unwrap()),
             None
         );
+    }
+
+    #[test]
+    fn a_refused_record_is_dropped_alone_and_the_rest_resent() {
+        let world = Rc::new(World::default());
+        let w = Worker::new(&world);
+        let mut s = Shipper::new(1, SETTINGS);
+        put(&world, 3);
+        s.on_tick(&w);
+        let (t, _) = w.last_call();
+        let answer = br#"{"error":{"message":"records[1].input_tokens: must be at most 9007199254740992","type":"invalid_request_error","param":"records[1].input_tokens","code":"invalid_request"}}"#;
+        s.on_response(&w, t, Some(400), answer);
+        let (t, body) = w.last_call();
+        assert_eq!(body, serde_json::json!({"records": [{"n": 0}, {"n": 2}]}));
+        assert_eq!(count(&world, "Dropped"), 1);
+        s.on_response(&w, t, Some(200), b"");
+        assert_eq!(count(&world, "Sent"), 2);
+        assert_eq!(count(&world, "Buffered"), 0);
+    }
+
+    #[test]
+    fn a_refusal_naming_no_record_drops_the_batch() {
+        let world = Rc::new(World::default());
+        let w = Worker::new(&world);
+        let mut s = Shipper::new(1, SETTINGS);
+        put(&world, 2);
+        s.on_tick(&w);
+        let (t, _) = w.last_call();
+        s.on_response(
+            &w,
+            t,
+            Some(400),
+            br#"{"error":{"param":"records[7].id","message":"x"}}"#,
+        );
+        assert_eq!(count(&world, "Dropped"), 2);
+        assert_eq!(w.calls.borrow().len(), 1);
+    }
+
+    #[test]
+    fn refusals_are_read() {
+        let r = Refusal::read(br#"{"error":{"message":"m","param":"records[12].timestamp"}}"#);
+        assert_eq!(
+            r,
+            Refusal {
+                index: Some(12),
+                message: "m".into()
+            }
+        );
+        assert_eq!(Refusal::read(b"oops").index, None);
+        assert_eq!(
+            Refusal::read(br#"{"error":{"param":"records[x]"}}"#).index,
+            None
+        );
+        assert_eq!(Refusal::read(br#"{"error":{"param":null}}"#).index, None);
+        let long = format!(r#"{{"error":{{"message":"{}"}}}}"#, "é".repeat(300));
+        assert_eq!(Refusal::read(long.as_bytes()).message.chars().count(), 200);
+    }
+
+    #[test]
+    fn records_are_removed_by_index() {
+        let body = assemble(&[b"{\"a\":1}".to_vec(), b"{\"b\":[1,2]}".to_vec()]);
+        assert_eq!(
+            without_record(&body, 0).unwrap(),
+            b"{\"records\":[{\"b\":[1,2]}]}"
+        );
+        assert_eq!(without_record(&body, 2), None);
+        assert_eq!(without_record(b"nope", 0), None);
     }
 
     #[test]
@@ -590,7 +775,7 @@ mod tests {
         sb.on_tick(&b);
         let (tb, sent_by_b) = b.last_call();
         assert_eq!(sent_by_a, sent_by_b);
-        sb.on_response(&b, tb, Some(200));
+        sb.on_response(&b, tb, Some(200), b"");
         assert_eq!(count(&world, "Sent"), 2);
         assert_eq!(count(&world, "Buffered"), 0);
     }
@@ -606,8 +791,8 @@ mod tests {
         world.now.set(world.now.get() + 3001 * MS);
         sb.on_tick(&b);
         let (tb, _) = b.last_call();
-        sb.on_response(&b, tb, Some(200));
-        sa.on_response(&a, ta, Some(200));
+        sb.on_response(&b, tb, Some(200), b"");
+        sa.on_response(&a, ta, Some(200), b"");
         assert_eq!(count(&world, "Sent"), 2);
         assert_eq!(count(&world, "Buffered"), 0);
     }
@@ -617,7 +802,7 @@ mod tests {
         let world = Rc::new(World::default());
         let w = Worker::new(&world);
         let mut s = Shipper::new(1, SETTINGS);
-        s.on_response(&w, 99, Some(200));
+        s.on_response(&w, 99, Some(200), b"");
         assert!(world.counts.borrow().is_empty());
     }
 

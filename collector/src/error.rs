@@ -1,5 +1,5 @@
 //! The one error type handlers return. It renders as the OpenAI-shaped body every
-//! inference-gate error uses, `{"error": {"message", "type", "code"}}`, so clients and
+//! inference-gate error uses, `{"error": {"message", "type", "param", "code"}}`, so clients and
 //! operators' tools see a single shape.
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -15,6 +15,10 @@ pub enum ApiError {
     /// The request is well-formed HTTP but breaks a rule; the message says which.
     #[error("{0}")]
     InvalidRequest(String),
+
+    /// One record of a batch breaks a rule; `param` names it, e.g. `records[3].input_tokens`.
+    #[error("{message}")]
+    InvalidRecord { message: String, param: String },
 
     /// The body is not JSON; the message carries serde's line and column.
     #[error("{0}")]
@@ -44,7 +48,9 @@ pub enum ApiError {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidRequest(_) | ApiError::InvalidJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidRequest(_)
+            | ApiError::InvalidRecord { .. }
+            | ApiError::InvalidJson(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -58,7 +64,9 @@ impl ApiError {
     /// The `type` and `code` fields of the body.
     fn kind_and_code(&self) -> (&'static str, &'static str) {
         match self {
-            ApiError::InvalidRequest(_) => ("invalid_request_error", "invalid_request"),
+            ApiError::InvalidRequest(_) | ApiError::InvalidRecord { .. } => {
+                ("invalid_request_error", "invalid_request")
+            }
             ApiError::InvalidJson(_) => ("invalid_request_error", "invalid_json"),
             ApiError::Unauthorized => ("invalid_request_error", "invalid_token"),
             ApiError::PayloadTooLarge { .. } => ("invalid_request_error", "request_too_large"),
@@ -93,8 +101,13 @@ impl IntoResponse for ApiError {
         }
 
         let (kind, code) = self.kind_and_code();
-        let body =
-            json!({ "error": { "message": self.public_message(), "type": kind, "code": code } });
+        let param = match &self {
+            ApiError::InvalidRecord { param, .. } => Some(param.as_str()),
+            _ => None,
+        };
+        let body = json!({ "error": {
+            "message": self.public_message(), "type": kind, "param": param, "code": code
+        } });
         let mut response = (status, Json(body)).into_response();
         if matches!(self, ApiError::Unauthorized) {
             response

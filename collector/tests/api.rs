@@ -158,6 +158,8 @@ async fn an_invalid_record_rejects_the_whole_batch() {
         message,
         "records[3].input_tokens: must be a non-negative integer"
     );
+    // The record at fault is named apart, for the filter to drop it alone.
+    assert_eq!(answer.body["error"]["param"], "records[3].input_tokens");
 
     let stored = h.get("/v1/billing?tenant_id=acme", Some(ADMIN)).await;
     assert_eq!(stored.body, json!({ "records": [] }));
@@ -171,6 +173,7 @@ async fn a_missing_records_field_is_a_400() {
     let answer = h.post_records(Some(INGEST), r#"{"items": []}"#).await;
     let message = error_message(&answer, StatusCode::BAD_REQUEST, "invalid_request");
     assert_eq!(message, "records: is required");
+    assert_eq!(answer.body["error"]["param"], serde_json::Value::Null);
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 
 use super::root::limits_key;
-use super::{buffer, header, now_ns, property, Env, Worker};
+use super::{buffer, header, now_ns, property, property_u64, Env, Worker};
 use crate::auth::{self, Credential};
 use crate::config::{BufferFullPolicy, Tenant};
 use crate::limits::{self, BucketState, Decision, LimitView, Limits};
@@ -26,7 +26,15 @@ use crate::shared::{self, UpdateError};
 use crate::shipper::ShipperHost;
 
 /// Headers that carry credentials or identity and must not reach the model server as sent.
-const STRIPPED: [&str; 3] = ["authorization", "x-api-key", "x-tenant-id"];
+/// The underscore spellings too: servers behind CGI-style gateways read `x_tenant_id` as
+/// `x-tenant-id`.
+const STRIPPED: [&str; 5] = [
+    "authorization",
+    "x-api-key",
+    "x-tenant-id",
+    "x_api_key",
+    "x_tenant_id",
+];
 
 struct Reservation {
     limits: Limits,
@@ -274,9 +282,11 @@ impl HttpFilter {
             return Some((u, UsageSource::Reported, model));
         }
         // The model ran (a success response) but reported nothing, or the client left
-        // mid-stream: bill an estimate rather than nothing.
+        // mid-stream or before any response: the request reached the model server, so bill
+        // an estimate rather than nothing.
         let served = matches!(self.upstream_status, Some(200..=299));
-        if !served || !self.api.is_inference() {
+        let abandoned = self.upstream_status.is_none() && self.local_status.is_none();
+        if !(served || abandoned) || !self.api.is_inference() {
             return None;
         }
         if let Some(why) = outcome.unreadable {
@@ -318,28 +328,29 @@ impl HttpFilter {
 
     fn emit(&self, records: Vec<Record>) {
         let worker = &self.worker;
-        let served = self.upstream_status.is_some();
-        // Under the reject policy a full buffer refuses new requests, but what was served
-        // is always kept. Audit entries of requests refused here are dropped instead, so
-        // that a flood of bad keys cannot lock paying tenants out.
-        let full = worker.metrics.buffered() >= worker.config.collector.max_buffered_records;
-        let drop_all = self.drop_records || (full && !served);
+        // Records of a request that was served are always kept: under the reject policy a
+        // full buffer refuses new requests instead. Audit entries of requests refused here
+        // (bad keys, limits) may fill only half of the buffer, so that a flood of bad keys
+        // during a collector outage cannot lock paying tenants out.
+        let served = self.reservation.is_some();
+        let bound = worker.config.collector.max_buffered_records;
+        let drop_all = self.drop_records || (!served && worker.metrics.buffered() >= bound / 2);
         let env = Env { worker };
         let mut queued = 0;
+        let mut dropped = 0;
         for r in records {
             let json = if drop_all { None } else { r.to_json() };
             match json.map(|j| env.enqueue(&j)) {
                 Some(Ok(())) => queued += 1,
-                other => {
-                    if let Some(Err(e)) = other {
-                        log::error!("{} record not queued: {e}", self.who());
-                    }
-                    worker.metrics.count(crate::shipper::Count::Dropped, 1);
+                Some(Err(e)) => {
+                    log::error!("{} record not queued: {e}", self.who());
+                    dropped += 1;
                 }
+                None => dropped += 1,
             }
         }
-        if drop_all {
-            log::warn!("{} record buffer full; records dropped", self.who());
+        if dropped > 0 {
+            worker.records_dropped(dropped, "record buffer full");
         }
         worker.metrics.queued(queued);
     }
@@ -444,18 +455,26 @@ impl HttpContext for HttpFilter {
         if self.unrecorded {
             return;
         }
-        let status = self
+        if self.started_ns == 0 {
+            // Envoy answered this request itself (a malformed request, say) before the
+            // filter saw its headers.
+            self.started_ns = now_ns();
+            self.method = property(&["request", "method"]).unwrap_or_default();
+            self.path = property(&["request", "path"]).unwrap_or_default();
+        }
+        let answered = self
             .local_status
             .or(self.upstream_status)
-            .or_else(|| property(&["response", "code"]).and_then(|s| s.parse().ok()))
+            .or_else(|| property_u64(&["response", "code"]).and_then(|c| u32::try_from(c).ok()))
+            .filter(|&c| c != 0);
+        let (status, result) = match answered {
+            // A status no HTTP client can mean (an upstream sent 999): recorded as a bad
+            // gateway rather than as a number the collector would refuse.
+            Some(c) if !(100..=599).contains(&c) => (502, AuditResult::Error),
+            Some(c) => (c, AuditResult::from_status(c)),
             // The client left before any response: nginx's "client closed request".
-            .unwrap_or(499);
-        let result =
-            if status == 499 && self.upstream_status.is_none() && self.local_status.is_none() {
-                AuditResult::Error
-            } else {
-                AuditResult::from_status(status)
-            };
+            None => (499, AuditResult::Error),
+        };
         self.worker.metrics.request(result);
 
         let usage = if self.reservation.is_some() {

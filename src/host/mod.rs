@@ -11,6 +11,7 @@ pub mod http;
 pub mod metrics;
 pub mod root;
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -32,6 +33,29 @@ pub struct Worker {
     pub queue: Option<u32>,
     pub metrics: Metrics,
     pub ids: IdGen,
+    /// Records dropped since the last log line about it, and when that line was written:
+    /// a flood of drops is logged as one line per interval, not one per record.
+    pub drops: Cell<(u64, u64)>,
+}
+
+/// How often dropped records are reported in the log, at most.
+const DROP_LOG_INTERVAL_NS: u64 = 10_000_000_000;
+
+impl Worker {
+    /// Counts records that will never reach the collector, and says so in the log.
+    pub fn records_dropped(&self, n: u64, why: &str) {
+        self.metrics
+            .count(Count::Dropped, i64::try_from(n).unwrap_or(i64::MAX));
+        let (pending, last) = self.drops.get();
+        let pending = pending.saturating_add(n);
+        let now = now_ns();
+        if now.saturating_sub(last) >= DROP_LOG_INTERVAL_NS {
+            log::error!("{pending} records dropped ({why}); see inference_gate.records.dropped");
+            self.drops.set((0, now));
+        } else {
+            self.drops.set((pending, last));
+        }
+    }
 }
 
 /// The host seen through the traits the logic modules are written against.
@@ -116,6 +140,15 @@ pub fn header(map: MapType, name: &str) -> Option<String> {
 pub fn property(path: &[&str]) -> Option<String> {
     let bytes = hostcalls::get_property(path.to_vec()).ok()??;
     String::from_utf8(bytes).ok()
+}
+
+/// An integer property: Envoy serialises them as eight little-endian bytes.
+pub fn property_u64(path: &[&str]) -> Option<u64> {
+    let bytes = hostcalls::get_property(path.to_vec()).ok()??;
+    match <[u8; 8]>::try_from(bytes.as_slice()) {
+        Ok(b) => Some(u64::from_le_bytes(b)),
+        Err(_) => std::str::from_utf8(&bytes).ok()?.trim().parse().ok(),
+    }
 }
 
 pub fn buffer(kind: BufferType, size: usize) -> Vec<u8> {

@@ -47,7 +47,7 @@ impl Context for Root {
         &mut self,
         token: u32,
         num_headers: usize,
-        _body: usize,
+        body_size: usize,
         _trailers: usize,
     ) {
         let (Some(worker), Some(shipper)) = (&self.worker, &mut self.shipper) else {
@@ -62,7 +62,13 @@ impl Context for Root {
         } else {
             header(MapType::HttpCallResponseHeaders, ":status").and_then(|s| s.parse().ok())
         };
-        shipper.on_response(&Env { worker }, token, status);
+        // The answer's body is read only for a refusal, which names the record at fault.
+        let body = if matches!(status, Some(400..=499)) {
+            super::buffer(BufferType::HttpCallResponseBody, body_size.min(64 * 1024))
+        } else {
+            Vec::new()
+        };
+        shipper.on_response(&Env { worker }, token, status, &body);
     }
 }
 
@@ -100,6 +106,7 @@ impl RootContext for Root {
             queue,
             metrics: Metrics::define(),
             ids: IdGen::new(random_u64()),
+            drops: std::cell::Cell::new((0, 0)),
         });
 
         // Create every tenant's counters before traffic can reach them: Envoy stores a

@@ -21,13 +21,13 @@ struct Request {
     prompt: Option<Prompt>,
     #[serde(default, deserialize_with = "lenient")]
     input: Option<Prompt>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "count")]
     max_tokens: Option<u64>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "count")]
     max_completion_tokens: Option<u64>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "count")]
     n: Option<u64>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "count")]
     best_of: Option<u64>,
     #[serde(default, deserialize_with = "lenient")]
     stream: Option<bool>,
@@ -72,6 +72,24 @@ where
     Ok(T::deserialize(value).ok())
 }
 
+/// A count as Python servers read it (pydantic in lax mode): an integer, a float with no
+/// fraction, or a string holding an integer. Anything else is absent.
+fn count<'de, D>(de: D) -> Result<Option<u64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde_json::Value;
+    Ok(match Value::deserialize(de)? {
+        Value::Number(n) => n.as_u64().or_else(|| {
+            let f = n.as_f64()?;
+            // Saturating cast: a float past u64 reads as the largest count.
+            (f >= 0.0 && f.fract() == 0.0).then_some(f as u64)
+        }),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    })
+}
+
 /// Like `lenient`, for a struct that must come from a JSON object: serde would also fill a
 /// struct from an array by position, and `"usage": [1, 0]` is not a usage report.
 fn object<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
@@ -103,7 +121,10 @@ pub fn estimate_request(
     if !starts_object(body) {
         return None;
     }
-    let req: Request = serde_json::from_slice(body).ok()?;
+    // Through a map first, so that a key given twice counts once, with its last value, as
+    // in the Python servers this estimate stands in front of (serde's derive would refuse).
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let req = Request::deserialize(value).ok()?;
 
     let input_tokens = match endpoint {
         Endpoint::Chat => req.messages.as_deref().map_or(0, chat_tokens),
@@ -168,12 +189,26 @@ pub fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
 impl From<WireUsage> for Usage {
     fn from(u: WireUsage) -> Usage {
         Usage {
-            input_tokens: u.prompt_tokens,
-            output_tokens: u.completion_tokens,
-            cached_input_tokens: u.prompt_tokens_details.and_then(|d| d.cached_tokens),
-            reasoning_tokens: u.completion_tokens_details.and_then(|d| d.reasoning_tokens),
+            input_tokens: clamp(u.prompt_tokens),
+            output_tokens: clamp(u.completion_tokens),
+            cached_input_tokens: u
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .map(clamp),
+            reasoning_tokens: u
+                .completion_tokens_details
+                .and_then(|d| d.reasoning_tokens)
+                .map(clamp),
         }
     }
+}
+
+/// The largest token count a record carries (2^53, exact in every JSON reader). A server
+/// that reports more is broken; its figure is capped rather than let a record be refused.
+pub const MAX_REPORTED_TOKENS: u64 = 1 << 53;
+
+fn clamp(n: u64) -> u64 {
+    n.min(MAX_REPORTED_TOKENS)
 }
 
 fn chat_tokens(messages: &[Message]) -> u64 {
@@ -380,6 +415,27 @@ mod tests {
     }
 
     #[test]
+    fn counts_are_read_as_python_servers_read_them() {
+        let e = est(
+            Endpoint::Chat,
+            r#"{"messages":[],"max_tokens":15000.0,"n":"2"}"#,
+        );
+        assert_eq!(e.output_tokens, 30_000);
+        let e = est(
+            Endpoint::Chat,
+            r#"{"messages":[],"max_tokens":1,"max_tokens":15000}"#,
+        );
+        assert_eq!(e.output_tokens, 15_000);
+        let e = est(
+            Endpoint::Chat,
+            r#"{"messages":[],"max_tokens":1.5,"n":-2.0}"#,
+        );
+        assert_eq!(e.output_tokens, 100);
+        let e = est(Endpoint::Chat, r#"{"messages":[],"max_tokens":1e300}"#);
+        assert_eq!(e.output_tokens, u64::MAX);
+    }
+
+    #[test]
     fn huge_n_saturates() {
         let e = est(
             Endpoint::Chat,
@@ -432,6 +488,16 @@ mod tests {
         assert_eq!(
             r.usage.map(|u| (u.input_tokens, u.output_tokens)),
             Some((8, 0))
+        );
+    }
+
+    #[test]
+    fn absurd_usage_is_capped() {
+        let r = read_response(br#"{"usage":{"prompt_tokens":9007199254740993,"completion_tokens":18446744073709551615}}"#).unwrap();
+        let u = r.usage.unwrap();
+        assert_eq!(
+            (u.input_tokens, u.output_tokens),
+            (MAX_REPORTED_TOKENS, MAX_REPORTED_TOKENS)
         );
     }
 

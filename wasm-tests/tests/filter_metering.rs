@@ -449,7 +449,7 @@ fn a_client_that_hangs_up_mid_stream_is_billed_what_was_seen() {
 }
 
 #[test]
-fn a_client_that_leaves_before_any_response_is_audited_and_not_billed() {
+fn a_client_that_leaves_before_any_response_is_billed_its_prompt() {
     let gate = Gate::default_one();
     let exchange = begin(gate.vm(0), &Request::chat(ACME.key(), 50)).unwrap();
     assert!(exchange.admitted());
@@ -459,11 +459,20 @@ fn a_client_that_leaves_before_any_response_is_audited_and_not_billed() {
     );
     exchange.stream.finish().unwrap();
 
-    assert!(gate.billing().is_empty());
+    // The request reached the model server, which read the prompt: that much is billed,
+    // as an estimate; no output is.
+    let billing = gate.billing();
+    assert_eq!(billing.len(), 1);
+    assert_eq!(billing[0]["usage_source"], "estimated");
+    assert_eq!(billing[0]["input_tokens"], CHAT_PROMPT_ESTIMATE);
+    assert_eq!(billing[0]["output_tokens"], 0);
     let audit = &gate.audits()[0];
     assert_eq!(audit["status_code"], 499);
     assert_eq!(audit["result"], "error");
-    // The request counts against the rate; its unused token reservation is returned.
+    // The request counts against the rate; the unused output reservation is returned.
     let bucket = gate.bucket("acme");
-    assert_eq!((bucket.requests_micro, bucket.tokens_micro), (1_000_000, 0));
+    assert_eq!(
+        (bucket.requests_micro, bucket.tokens_micro),
+        (1_000_000, CHAT_PROMPT_ESTIMATE * 1_000_000)
+    );
 }

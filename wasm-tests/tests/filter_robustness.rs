@@ -98,8 +98,18 @@ fn absurd_numbers_in_a_request_are_refused_or_defaulted_without_overflow() {
     .unwrap();
     assert_eq!(exchange.error_code(), "request_too_large");
 
-    // One past u64: treated as absent, so the default output reservation (1024) applies.
-    let past_u64 = r#"{"messages":[],"max_tokens":18446744073709551616,"n":-3,"best_of":"x"}"#;
+    // One past u64 reads as the largest count (a float, as Python reads it): too large.
+    let past_u64 = r#"{"messages":[],"max_tokens":18446744073709551616}"#;
+    let exchange = send(
+        gate.vm(0),
+        &Request::post(CHAT, ACME.key(), past_u64),
+        &Response::usage(1, 1),
+    )
+    .unwrap();
+    assert_eq!(exchange.error_code(), "request_too_large");
+
+    // Counts no server would take are absent, so the default output reservation applies.
+    let past_u64 = r#"{"messages":[],"max_tokens":-1,"n":-3,"best_of":"x"}"#;
     let exchange = send(
         gate.vm(0),
         &Request::post(CHAT, ACME.key(), past_u64),
@@ -281,11 +291,12 @@ fn huge_reported_usage_saturates_instead_of_overflowing() {
         &Response::json(200, &body),
     )
     .unwrap();
+    // Capped at 2^53, the most a record carries exactly, so the collector takes it.
     let record = &gate.billing()[0];
-    assert_eq!(record["input_tokens"], u64::MAX);
-    assert_eq!(record["output_tokens"], u64::MAX);
+    assert_eq!(record["input_tokens"], 1u64 << 53);
+    assert_eq!(record["output_tokens"], 1u64 << 53);
     assert_eq!(gate.vm(0).failure(), None);
-    // The tenant is now deep in debt; refused, not crashed.
+    // The tenant is now in debt (at most ten minutes' worth); refused, not crashed.
     let next = send(
         gate.vm(0),
         &Request::chat(ACME.key(), 5),

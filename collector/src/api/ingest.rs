@@ -35,6 +35,10 @@ pub async fn post_records(
         match err {
             BatchError::Json(_) => ApiError::InvalidJson(err.to_string()),
             BatchError::Invalid(message) => ApiError::InvalidRequest(message),
+            BatchError::Record { ref param, .. } => ApiError::InvalidRecord {
+                message: err.to_string(),
+                param: param.clone(),
+            },
         }
     })?;
 

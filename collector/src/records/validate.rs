@@ -21,6 +21,10 @@ pub enum BatchError {
     /// The body is JSON but not a valid batch; the message names the index and field.
     #[error("{0}")]
     Invalid(String),
+    /// One record breaks a rule. `param` names it (`records[3].input_tokens`) so that the
+    /// filter can drop that record alone and resend the rest of the batch.
+    #[error("{param}: {problem}")]
+    Record { param: String, problem: String },
 }
 
 /// Parses and validates a whole `POST /v1/records` body. Unknown fields are ignored so that a
@@ -54,7 +58,10 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<Record>, BatchError> {
 
 fn parse_record(index: usize, value: &Value) -> Result<Record, BatchError> {
     let Value::Object(map) = value else {
-        return Err(invalid(format!("records[{index}]: must be an object")));
+        return Err(BatchError::Record {
+            param: format!("records[{index}]"),
+            problem: "must be an object".to_owned(),
+        });
     };
     let fields = Fields { index, map };
 
@@ -110,7 +117,10 @@ impl<'a> Fields<'a> {
     }
 
     fn error(&self, field: &str, problem: impl Display) -> BatchError {
-        invalid(format!("records[{}].{field}: {problem}", self.index))
+        BatchError::Record {
+            param: format!("records[{}].{field}", self.index),
+            problem: problem.to_string(),
+        }
     }
 
     fn id(&self) -> Result<String, BatchError> {

@@ -40,7 +40,7 @@ fn parse(records: Vec<Value>) -> Result<Vec<Record>, BatchError> {
 /// The message a batch of exactly `record` is rejected with.
 fn rejection(record: Value) -> String {
     match parse(vec![record]) {
-        Err(BatchError::Invalid(message)) => message,
+        Err(err @ (BatchError::Invalid(_) | BatchError::Record { .. })) => err.to_string(),
         other => panic!("expected a rejection, got {other:?}"),
     }
 }
@@ -208,7 +208,10 @@ fn every_record_must_be_an_object() {
     ] {
         assert_eq!(
             parse(vec![billing(), record]),
-            Err(invalid("records[1]: must be an object"))
+            Err(BatchError::Record {
+                param: "records[1]".to_owned(),
+                problem: "must be an object".to_owned()
+            })
         );
     }
 }
@@ -217,7 +220,7 @@ fn every_record_must_be_an_object() {
 fn the_error_names_the_first_bad_record() {
     let bad = with(billing(), "input_tokens", json!(-1));
     let message = match parse(vec![billing(), audit(), billing(), bad.clone(), bad]) {
-        Err(BatchError::Invalid(message)) => message,
+        Err(err @ BatchError::Record { .. }) => err.to_string(),
         other => panic!("{other:?}"),
     };
     assert_eq!(
