@@ -1,0 +1,118 @@
+# inference-gate: install, build, run and test. `make help` lists the targets.
+#
+# Every target is idempotent: a second run with nothing changed does no work and prints next
+# to nothing. Build steps are file targets on the sources cargo reads, so make only calls
+# cargo when one of them changed.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PYTHON3 ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.requirements.stamp
+
+WASM_TARGET := wasm32-wasip1
+WASM := target/$(WASM_TARGET)/release/inference_gate.wasm
+RELEASE_BINS := target/release/collector target/release/demo-model
+
+# What cargo reads for each artifact (the whole workspace manifest and lock file included).
+FILTER_INPUTS := Cargo.toml Cargo.lock $(shell find src -type f 2>/dev/null)
+SERVICE_INPUTS := $(FILTER_INPUTS) $(shell find collector demo-model -type f 2>/dev/null)
+
+# The integration tests use the debug builds that `cargo test` already made, to save a second,
+# release build of the collector and the demo model.
+TEST_BIN_DIR ?= target/debug
+PYTEST_ARGS ?= -v
+
+# The launcher and the integration tests.
+PYTHON_SOURCES := scripts envoy/tests
+RUFF := $(VENV)/bin/ruff
+RUFF_OPTS := --line-length 100 --target-version py311 --cache-dir target/ruff-cache
+
+# make run [UPSTREAM=host:port] [PLUGIN_CONFIG=file] [RUN_ARGS="--listen-port 10001 ..."]
+UPSTREAM ?=
+PLUGIN_CONFIG ?=
+RUN_ARGS ?=
+
+.PHONY: help deps rust-target wasm build run test lint test-rust test-envoy clean distclean
+
+help:
+	@echo "make deps        wasm32-wasip1 target, .venv with Envoy and the test tools"
+	@echo "make wasm        the filter: $(WASM)"
+	@echo "make build       the filter, the collector and the demo model (release)"
+	@echo "make run         Envoy + filter on :10000, collector on :9000, demo model on :8000"
+	@echo "                 UPSTREAM=host:port  your own model server instead of the demo one"
+	@echo "                 PLUGIN_CONFIG=file  your plugin configuration instead of the demo one"
+	@echo "make test        fmt, clippy (host and wasm), ruff, cargo test, Envoy integration tests"
+	@echo "make lint        only the formatters and linters"
+	@echo "make test-envoy  only the Envoy integration tests (PYTEST_ARGS=... passes options)"
+	@echo "make clean       build outputs and caches; make distclean also drops .venv and data/"
+
+deps: rust-target $(VENV_STAMP)
+	@:
+
+rust-target:
+	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+
+# Re-installed only when requirements.txt changes.
+$(VENV_STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON3) -m venv $(VENV)
+	@echo "installing the Python tools into $(VENV) (requirements.txt)"
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+wasm: rust-target $(WASM)
+	@:
+
+$(WASM): $(FILTER_INPUTS)
+	@cargo build --release --target $(WASM_TARGET) -p inference-gate
+	@touch $@
+
+build: wasm $(RELEASE_BINS)
+	@:
+
+$(RELEASE_BINS) &: $(SERVICE_INPUTS)
+	@cargo build --release -p collector -p demo-model
+	@touch $(RELEASE_BINS)
+
+run: deps build
+	@$(PY) scripts/run.py \
+		$(if $(UPSTREAM),--upstream '$(UPSTREAM)') \
+		$(if $(PLUGIN_CONFIG),--plugin-config '$(PLUGIN_CONFIG)') \
+		$(RUN_ARGS)
+
+# The steps run in this order, each only if the one before passed.
+test: deps wasm
+	@$(MAKE) lint
+	@$(MAKE) test-rust
+	@$(MAKE) test-envoy
+
+lint: deps
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p inference-gate --target $(WASM_TARGET) -- -D warnings
+	$(RUFF) format --check $(RUFF_OPTS) $(PYTHON_SOURCES)
+	$(RUFF) check $(RUFF_OPTS) --select E,F,W,B,UP,SIM $(PYTHON_SOURCES)
+
+# wasm-tests loads the built filter, so it needs the wasm first.
+test-rust: wasm
+	cargo test --workspace
+
+test-envoy: deps wasm
+	@cargo build --quiet -p collector -p demo-model
+	COLLECTOR_BIN=$(TEST_BIN_DIR)/collector DEMO_MODEL_BIN=$(TEST_BIN_DIR)/demo-model \
+	FILTER_WASM=$(WASM) ENVOY_BIN=$(VENV)/bin/envoy \
+		$(PY) -m pytest envoy/tests $(PYTEST_ARGS)
+
+clean:
+	@cargo clean
+	@rm -rf .pytest_cache
+	@find envoy scripts -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	@rm -rf $(VENV) data
