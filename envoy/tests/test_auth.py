@@ -111,3 +111,16 @@ def test_every_path_reaches_the_upstream(gateway, tenants, demo_log):
     )
     assert response.status == 404, response
     assert demo_log.by_request_id(response.request_id)["path"] == "/api/chat"
+
+
+def test_underscore_spellings_of_credential_headers_never_reach_the_upstream(
+    gateway, tenants, demo_log
+):
+    # CGI-style servers read `x_tenant_id` as `x-tenant-id`; Envoy drops such headers.
+    tenant = tenants["basic"]
+    response = gateway.chat(tenant.key, headers={"x_tenant_id": "other", "x_api_key": tenant.key})
+    assert response.status == 200, response
+    seen = demo_log.by_request_id(response.request_id)
+    assert seen["tenant_id"] == tenant.id, seen
+    names = {name.lower() for name in seen["header_names"]}
+    assert not names & {"x_tenant_id", "x_api_key"}, names

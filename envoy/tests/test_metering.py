@@ -5,7 +5,9 @@ from __future__ import annotations
 import http.client
 import json
 
-from support import MODEL, assert_ratelimit_headers, poll
+import pytest
+
+from support import CHAT, MODEL, assert_ratelimit_headers, poll
 
 LONG = " ".join(f"word{i}, and more;" for i in range(600))
 
@@ -233,3 +235,24 @@ def test_client_hanging_up_mid_stream_is_billed_an_estimate(gateway, collector, 
     assert record["usage_source"] == "estimated", record
     assert record["input_tokens"] > 0, record
     assert 0 < record["output_tokens"] < reported["completion_tokens"], (record, reported)
+
+
+@pytest.mark.parametrize("path", ["/v1//chat/completions", "/v1/chat/%63ompletions"])
+def test_a_disguised_path_is_metered_as_what_the_model_server_sees(
+    gateway, collector, demo_log, tenants, path
+):
+    # Model servers route `/v1/chat/%63ompletions` to chat completions; Envoy normalises
+    # the path first, so the filter meters what the model server serves.
+    tenant = tenants["basic"]
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "disguised"}]}
+    response = gateway.request("POST", path, key=tenant.key, body=body)
+    assert response.status == 200, response
+    seen = demo_log.by_request_id(response.request_id)
+    assert seen["path"] == CHAT, seen
+    record = collector.wait_billing(tenant.id, {response.request_id})[response.request_id]
+    assert record["api"] == "openai_chat", record
+    assert record["usage_source"] == "reported", record
+    assert (record["input_tokens"], record["output_tokens"]) == (
+        seen["prompt_tokens"],
+        seen["completion_tokens"],
+    )
