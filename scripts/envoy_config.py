@@ -164,8 +164,10 @@ def render_envoy_config(
 def write_envoy_config(path: str | os.PathLike, config: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    # It holds the ingest token.
+    # It holds the ingest token: readable by its owner only, from the moment it exists.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(yaml.safe_dump(config, sort_keys=False))
     path.chmod(0o600)
     return path
 
