@@ -92,5 +92,8 @@ pub fn app(state: AppState) -> Router {
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::not_found)
         .with_state(state)
+        // Long prompts and inline images: as much as the gateway's default Envoy
+        // configuration lets through (axum's own default is 2 MB).
+        .layer(axum::extract::DefaultBodyLimit::max(32 << 20))
         .layer(middleware::from_fn_with_state(log, request_log::record))
 }
