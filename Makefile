@@ -27,8 +27,8 @@ SERVICE_INPUTS := $(FILTER_INPUTS) $(shell find collector demo-model -type f 2>/
 TEST_BIN_DIR ?= target/debug
 PYTEST_ARGS ?= -v
 
-# The launcher and the integration tests.
-PYTHON_SOURCES := scripts envoy/tests
+# The launcher, the integration tests and the image tooling.
+PYTHON_SOURCES := scripts envoy/tests deploy bench tests/saml
 RUFF := $(VENV)/bin/ruff
 RUFF_OPTS := --line-length 100 --target-version py311 --cache-dir target/ruff-cache
 
@@ -37,7 +37,18 @@ UPSTREAM ?=
 PLUGIN_CONFIG ?=
 RUN_ARGS ?=
 
-.PHONY: help deps rust-target wasm build run test lint test-rust test-envoy clean distclean
+# Images (make image-filter, image-collector, oci-filter): their names, and the container
+# builder: CONTAINER_BUILDER, or the first of docker, podman, buildah that answers.
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+IMAGE_REPO ?= registry.example.com/inference-gate
+FILTER_IMAGE ?= $(IMAGE_REPO)/filter:$(VERSION)
+COLLECTOR_IMAGE ?= $(IMAGE_REPO)/collector:$(VERSION)
+CONTAINER_BUILDER ?=
+OCI_DIR := target/oci
+
+.PHONY: help deps rust-target wasm build run test lint test-rust test-envoy bench clean distclean
+.PHONY: saml-vectors
+.PHONY: image-filter image-collector oci-filter
 
 help:
 	@echo "make deps        wasm32-wasip1 target, .venv with Envoy and the test tools"
@@ -49,6 +60,11 @@ help:
 	@echo "make test        fmt, clippy (host and wasm), ruff, cargo test, Envoy integration tests"
 	@echo "make lint        only the formatters and linters"
 	@echo "make test-envoy  only the Envoy integration tests (PYTEST_ARGS=... passes options)"
+	@echo "make bench       the benchmarks (a few minutes); figures go to BENCHMARKS.md"
+	@echo "make image-filter     the filter's OCI image for Istio ($(FILTER_IMAGE))"
+	@echo "make image-collector  the collector's container image ($(COLLECTOR_IMAGE))"
+	@echo "                      both need docker, podman or buildah; IMAGE_REPO=... renames"
+	@echo "make oci-filter       the filter's image without a container builder: $(OCI_DIR)/filter"
 	@echo "make clean       build outputs and caches; make distclean also drops .venv and data/"
 
 deps: rust-target $(VENV_STAMP)
@@ -99,15 +115,53 @@ lint: deps
 	$(RUFF) format --check $(RUFF_OPTS) $(PYTHON_SOURCES)
 	$(RUFF) check $(RUFF_OPTS) --select E,F,W,B,UP,SIM $(PYTHON_SOURCES)
 
-# wasm-tests loads the built filter, so it needs the wasm first.
-test-rust: wasm
-	cargo test --workspace
+# wasm-tests loads the built filter, so it needs the wasm first. The collector's tests run
+# against SQLite and against a throwaway PostgreSQL that scripts/postgres.py starts (and stops);
+# without PostgreSQL installed those say they skip, unless INFERENCE_GATE_REQUIRE_POSTGRES=1.
+test-rust: wasm saml-vectors
+	$(PYTHON3) scripts/postgres.py run -- cargo test --workspace
+
+# The SAML test vectors the Rust tests read are what signxml makes now (regenerated and
+# compared), and xmlsec1 agrees with their signatures.
+saml-vectors: deps
+	$(PY) tests/saml/make_vectors.py --check tests/fixtures/saml/vectors
 
 test-envoy: deps wasm
 	@cargo build --quiet -p collector -p demo-model
 	COLLECTOR_BIN=$(TEST_BIN_DIR)/collector DEMO_MODEL_BIN=$(TEST_BIN_DIR)/demo-model \
 	FILTER_WASM=$(WASM) ENVOY_BIN=$(VENV)/bin/envoy \
 		$(PY) -m pytest envoy/tests $(PYTEST_ARGS)
+
+# The filter's image: plugin.wasm alone, in the format Istio's WasmPlugin pulls.
+image-filter: wasm
+	@builder=$$($(FIND_BUILDER)); [ -n "$$builder" ] || { $(NO_BUILDER); }; \
+	mkdir -p target/image/filter; cp $(WASM) target/image/filter/plugin.wasm; \
+	set -x; $$builder build -f deploy/images/filter.Dockerfile -t $(FILTER_IMAGE) target/image/filter
+
+# The collector's image, built from the sources inside the builder (.dockerignore trims the
+# context).
+image-collector:
+	@builder=$$($(FIND_BUILDER)); [ -n "$$builder" ] || { $(NO_BUILDER); }; \
+	set -x; $$builder build -f deploy/images/collector.Dockerfile -t $(COLLECTOR_IMAGE) .
+
+# The same filter image as image-filter, as an OCI layout and archive, with Python alone.
+oci-filter: wasm
+	@$(PYTHON3) deploy/images/filter_oci_layout.py --wasm $(WASM) --tag $(VERSION) \
+		--out $(OCI_DIR)/filter --archive $(OCI_DIR)/filter.tar
+
+FIND_BUILDER = if [ -n "$(CONTAINER_BUILDER)" ]; then echo "$(CONTAINER_BUILDER)"; else \
+	for b in docker podman buildah; do \
+	if command -v $$b >/dev/null && $$b info >/dev/null 2>&1; then echo $$b; break; fi; \
+	done; fi
+NO_BUILDER = \
+	echo "make: no container builder here (no docker daemon, podman or buildah): no image built." >&2; \
+	echo "      CONTAINER_BUILDER=... names one. Without one, 'make oci-filter' writes the filter's" >&2; \
+	echo "      image as an OCI layout to push with skopeo; the collector's image needs a builder." >&2; \
+	exit 2
+
+# Release builds, a throwaway PostgreSQL, bounded in time; rewrites BENCHMARKS.md.
+bench: deps build
+	$(PY) bench/run.py
 
 clean:
 	@cargo clean

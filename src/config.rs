@@ -10,6 +10,10 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::auth::{Digest, KeyTable};
+use crate::metering::routes::{self, Route, Routes};
+use crate::metering::Api;
+use crate::saml::metadata::{self, IdpMetadata};
+use crate::saml::token::{TokenKey, TokenKeys};
 
 /// Upper bound for per-minute limits: large enough for any real plan, small enough that
 /// window arithmetic cannot overflow.
@@ -49,8 +53,7 @@ struct RawConfig {
     collector: RawCollector,
     #[serde(default)]
     metering: RawMetering,
-    /// Reserved for SAML sign-on; refused with a clear message until it is supported.
-    sso: Option<serde::de::IgnoredAny>,
+    sso: Option<RawSso>,
 }
 
 #[derive(Deserialize)]
@@ -60,7 +63,34 @@ struct RawTenant {
     api_key_sha256: OneOrMany,
     rate_limit: u64,
     token_budget: u64,
-    saml: Option<serde::de::IgnoredAny>,
+    saml: Option<RawSaml>,
+}
+
+/// `tenants[].saml`: how this tenant's users sign in.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSaml {
+    idp_metadata: String,
+    sp_entity_id: String,
+    acs_url: String,
+}
+
+/// `sso`: the session tokens given after a SAML sign-on.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSso {
+    token_secret: String,
+    token_key_id: Option<String>,
+    previous_token_secrets: Option<Vec<RawTokenKey>>,
+    clock_skew_seconds: Option<u64>,
+    token_ttl_seconds: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokenKey {
+    key_id: String,
+    secret: String,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +113,7 @@ struct RawCollector {
     timeout_ms: Option<u64>,
     max_backoff_ms: Option<u64>,
     max_buffered_records: Option<u64>,
+    max_buffered_bytes: Option<u64>,
     on_buffer_full: Option<BufferFullPolicy>,
 }
 
@@ -92,7 +123,21 @@ struct RawMetering {
     default_max_tokens: Option<u64>,
     max_request_body_bytes: Option<usize>,
     max_response_body_bytes: Option<usize>,
+    routes: Option<Vec<RawRoute>>,
+    inject_include_usage: Option<bool>,
 }
+
+/// `metering.routes[]`: the API shape of the requests on an exact path or below a prefix.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path: Option<String>,
+    prefix: Option<String>,
+    api: String,
+}
+
+/// More routes than anyone writes by hand; each request is matched against all of them.
+const MAX_ROUTES: usize = 256;
 
 /// What to do with a new metered request when the record buffer is full.
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +171,8 @@ pub struct CollectorConfig {
     pub timeout_ms: u64,
     pub max_backoff_ms: u64,
     pub max_buffered_records: u64,
+    /// Bytes of record JSON kept while the collector is unreachable.
+    pub max_buffered_bytes: u64,
     pub on_buffer_full: BufferFullPolicy,
 }
 
@@ -135,6 +182,41 @@ pub struct MeteringConfig {
     pub default_max_tokens: u64,
     pub max_request_body_bytes: usize,
     pub max_response_body_bytes: usize,
+    /// Which API shape a request speaks, by path.
+    pub routes: Routes,
+    /// Add `stream_options.include_usage` to OpenAI streams that lack it (and hide the usage
+    /// chunk from the client), so that they are billed exactly.
+    pub inject_include_usage: bool,
+}
+
+/// A tenant's SAML sign-on: its IdP (from the metadata) and our service-provider settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SamlTenant {
+    /// Index into `Config::tenants`.
+    pub tenant: usize,
+    pub idp: IdpMetadata,
+    pub sp_entity_id: String,
+    pub acs_url: String,
+}
+
+/// SAML sign-on and its session tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsoConfig {
+    pub keys: TokenKeys,
+    pub clock_skew_secs: u64,
+    pub token_ttl_secs: u64,
+    /// One per tenant with `saml`; IdP entity IDs are unique among them.
+    pub idps: Vec<SamlTenant>,
+}
+
+impl SsoConfig {
+    /// The tenant a session token may name: one that signs in over SAML.
+    pub fn token_tenant(&self, config: &Config, tenant_id: &str) -> Option<usize> {
+        self.idps
+            .iter()
+            .map(|s| s.tenant)
+            .find(|t| config.tenant(*t).is_some_and(|t| t.id == tenant_id))
+    }
 }
 
 /// The compiled configuration shared by every context of one worker.
@@ -144,6 +226,8 @@ pub struct Config {
     pub keys: KeyTable,
     pub collector: CollectorConfig,
     pub metering: MeteringConfig,
+    /// SAML sign-on, if configured.
+    pub sso: Option<SsoConfig>,
 }
 
 impl Config {
@@ -188,24 +272,16 @@ fn redact(message: &str) -> String {
 }
 
 fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
-    if raw.sso.is_some() {
-        return Err(ConfigError::new(
-            "sso",
-            "SAML sign-on is not supported by this version of the filter",
-        ));
-    }
     let mut tenants = Vec::with_capacity(raw.tenants.len());
+    let mut saml = Vec::new();
     let mut keys = KeyTable::default();
     let mut seen_ids = HashSet::new();
 
     for (i, t) in raw.tenants.into_iter().enumerate() {
         let field = |name: &str| format!("tenants[{i}].{name}");
 
-        if t.saml.is_some() {
-            return Err(ConfigError::new(
-                field("saml"),
-                "SAML sign-on is not supported by this version of the filter",
-            ));
+        if let Some(s) = t.saml {
+            saml.push((i, s));
         }
 
         check_tenant_id(&t.id).map_err(|m| ConfigError::new(field("id"), m))?;
@@ -249,12 +325,142 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         });
     }
 
+    let sso = compile_sso(raw.sso, saml, &tenants)?;
     Ok(Config {
         tenants,
         keys,
         collector: compile_collector(raw.collector)?,
         metering: compile_metering(raw.metering)?,
+        sso,
     })
+}
+
+/// `sso` and every `tenants[].saml`: required together, all checked here.
+fn compile_sso(
+    raw: Option<RawSso>,
+    saml: Vec<(usize, RawSaml)>,
+    tenants: &[Tenant],
+) -> Result<Option<SsoConfig>, ConfigError> {
+    let Some(raw) = raw else {
+        return match saml.first() {
+            Some((i, _)) => Err(ConfigError::new(
+                format!("tenants[{i}].saml"),
+                "SAML sign-on needs the top-level sso section (token_secret)",
+            )),
+            None => Ok(None),
+        };
+    };
+
+    let current_id = raw.token_key_id.unwrap_or_else(|| "k1".to_string());
+    check_key_id(&current_id).map_err(|m| ConfigError::new("sso.token_key_id", m))?;
+    check_secret(&raw.token_secret).map_err(|m| ConfigError::new("sso.token_secret", m))?;
+    let mut previous: Vec<TokenKey> = Vec::new();
+    for (k, key) in raw
+        .previous_token_secrets
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let field = |name: &str| format!("sso.previous_token_secrets[{k}].{name}");
+        check_key_id(&key.key_id).map_err(|m| ConfigError::new(field("key_id"), m))?;
+        if key.key_id == current_id || previous.iter().any(|p| p.id == key.key_id) {
+            return Err(ConfigError::new(field("key_id"), "key ids must be unique"));
+        }
+        check_secret(&key.secret).map_err(|m| ConfigError::new(field("secret"), m))?;
+        previous.push(TokenKey::new(key.key_id, key.secret.into_bytes()));
+    }
+
+    let mut idps: Vec<SamlTenant> = Vec::with_capacity(saml.len());
+    for (i, s) in saml {
+        let field = |name: &str| format!("tenants[{i}].saml.{name}");
+        let idp = metadata::parse(&s.idp_metadata)
+            .map_err(|m| ConfigError::new(field("idp_metadata"), m))?;
+        if let Some(other) = idps.iter().find(|o| o.idp.entity_id == idp.entity_id) {
+            let owner = tenants.get(other.tenant).map_or("?", |t| t.id.as_str());
+            return Err(ConfigError::new(
+                field("idp_metadata"),
+                format!(
+                    "the IdP entity ID {:?} is already used by tenant {owner:?}; each IdP signs in one tenant",
+                    idp.entity_id
+                ),
+            ));
+        }
+        check_sp_entity_id(&s.sp_entity_id)
+            .map_err(|m| ConfigError::new(field("sp_entity_id"), m))?;
+        check_acs_url(&s.acs_url).map_err(|m| ConfigError::new(field("acs_url"), m))?;
+        idps.push(SamlTenant {
+            tenant: i,
+            idp,
+            sp_entity_id: s.sp_entity_id,
+            acs_url: s.acs_url,
+        });
+    }
+
+    Ok(Some(SsoConfig {
+        keys: TokenKeys {
+            current: TokenKey::new(current_id, raw.token_secret.into_bytes()),
+            previous,
+        },
+        clock_skew_secs: in_range("sso.clock_skew_seconds", raw.clock_skew_seconds, 60, 0, 600)?,
+        token_ttl_secs: in_range(
+            "sso.token_ttl_seconds",
+            raw.token_ttl_seconds,
+            3600,
+            60,
+            86_400,
+        )?,
+        idps,
+    }))
+}
+
+fn check_key_id(id: &str) -> Result<(), String> {
+    let ok = (1..=32).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err("must be 1 to 32 of letters, digits, '-' and '_'".to_string())
+    }
+}
+
+fn check_secret(secret: &str) -> Result<(), String> {
+    if secret.len() < 32 {
+        return Err(format!(
+            "must be at least 32 bytes (a random secret), got {}",
+            secret.len()
+        ));
+    }
+    Ok(())
+}
+
+fn check_sp_entity_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 1024 || id.trim() != id {
+        return Err("must be 1 to 1024 characters without surrounding spaces".to_string());
+    }
+    Ok(())
+}
+
+/// An absolute `http(s)` URL whose path is the one the filter answers.
+fn check_acs_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("must be an absolute http:// or https:// URL")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let bad_authority = authority.is_empty() || authority.contains(['@', ' ']) || !url.is_ascii();
+    if bad_authority {
+        return Err("must be an absolute URL with a host".to_string());
+    }
+    if path != crate::saml::acs::PATH {
+        return Err(format!(
+            "the path must be {}, which the filter answers",
+            crate::saml::acs::PATH
+        ));
+    }
+    Ok(())
 }
 
 fn compile_collector(c: RawCollector) -> Result<CollectorConfig, ConfigError> {
@@ -290,12 +496,14 @@ fn compile_collector(c: RawCollector) -> Result<CollectorConfig, ConfigError> {
             60_000,
         )?,
         batch_size: in_range("collector.batch_size", c.batch_size, 500, 1, 10_000)?,
+        // A batch can pass this soft bound by one record (a few KiB); 4 MiB keeps every batch
+        // well under the collector's 8 MiB body limit, which would refuse it with a `413`.
         max_batch_bytes: in_range(
             "collector.max_batch_bytes",
             c.max_batch_bytes,
             1 << 20,
             4096,
-            8 << 20,
+            4 << 20,
         )?,
         timeout_ms: in_range("collector.timeout_ms", c.timeout_ms, 5000, 10, 60_000)?,
         max_backoff_ms: in_range(
@@ -311,6 +519,13 @@ fn compile_collector(c: RawCollector) -> Result<CollectorConfig, ConfigError> {
             100_000,
             1,
             100_000_000,
+        )?,
+        max_buffered_bytes: in_range(
+            "collector.max_buffered_bytes",
+            c.max_buffered_bytes,
+            64 << 20,
+            4096,
+            16 << 30,
         )?,
         on_buffer_full: c.on_buffer_full.unwrap_or(BufferFullPolicy::Reject),
     })
@@ -339,7 +554,57 @@ fn compile_metering(m: RawMetering) -> Result<MeteringConfig, ConfigError> {
             1024,
             64 << 20,
         )?,
+        routes: compile_routes(m.routes.unwrap_or_default())?,
+        inject_include_usage: m.inject_include_usage.unwrap_or(true),
     })
+}
+
+fn compile_routes(raw: Vec<RawRoute>) -> Result<Routes, ConfigError> {
+    if raw.len() > MAX_ROUTES {
+        return Err(ConfigError::new(
+            "metering.routes",
+            format!("at most {MAX_ROUTES} routes, got {}", raw.len()),
+        ));
+    }
+    let mut routes = Routes::default();
+    for (i, r) in raw.into_iter().enumerate() {
+        let field = |name: &str| format!("metering.routes[{i}].{name}");
+        let api = Api::from_name(&r.api).ok_or_else(|| {
+            let names: Vec<&str> = Api::ALL.iter().map(|a| a.as_str()).collect();
+            ConfigError::new(
+                field("api"),
+                format!(
+                    "unknown API {:?}; expected one of {}",
+                    r.api,
+                    names.join(", ")
+                ),
+            )
+        })?;
+        let route = match (r.path, r.prefix) {
+            (Some(path), None) => {
+                routes::check_path(&path).map_err(|m| ConfigError::new(field("path"), m))?;
+                Route::path(&path, api)
+            }
+            (None, Some(prefix)) => {
+                routes::check_path(&prefix).map_err(|m| ConfigError::new(field("prefix"), m))?;
+                Route::prefix(&prefix, api)
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    format!("metering.routes[{i}]"),
+                    "give exactly one of path and prefix",
+                ))
+            }
+        };
+        // A second route for the same path or prefix would never be used: a mistake.
+        if !routes.push(route) {
+            return Err(ConfigError::new(
+                format!("metering.routes[{i}]"),
+                "an earlier route has the same path or prefix",
+            ));
+        }
+    }
+    Ok(routes)
 }
 
 fn in_range<T>(field: &str, value: Option<T>, default: T, min: T, max: T) -> Result<T, ConfigError>
@@ -425,6 +690,8 @@ mod tests {
         assert_eq!(c.collector.path, "/v1/records");
         assert_eq!(c.collector.flush_interval_ms, 1000);
         assert_eq!(c.collector.on_buffer_full, BufferFullPolicy::Reject);
+        assert_eq!(c.collector.max_buffered_records, 100_000);
+        assert_eq!(c.collector.max_buffered_bytes, 64 << 20);
         assert_eq!(c.metering.default_max_tokens, 1024);
         assert_eq!(
             c.keys.lookup("k3").map(|i| &c.tenants[i].id),
@@ -494,16 +761,148 @@ mod tests {
         assert_eq!(redact("missing field `x`"), "missing field `x`");
     }
 
+    const GOOGLE_METADATA: &str =
+        include_str!("../tests/fixtures/saml/google-workspace-idp-metadata.xml");
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn with_saml() -> serde_json::Value {
+        let mut v = minimal();
+        v["tenants"][0]["saml"] = serde_json::json!({
+            "idp_metadata": GOOGLE_METADATA,
+            "sp_entity_id": "https://gw.example/saml/metadata",
+            "acs_url": "https://gw.example/sso/saml/acs",
+        });
+        v["sso"] = serde_json::json!({"token_secret": SECRET});
+        v
+    }
+
     #[test]
-    fn saml_is_refused_until_supported() {
+    fn saml_and_sso_are_compiled() {
+        let c = parse(&with_saml()).unwrap();
+        let sso = c.sso.as_ref().unwrap();
+        assert_eq!(sso.clock_skew_secs, 60);
+        assert_eq!(sso.token_ttl_secs, 3600);
+        assert_eq!(sso.keys.current.id, "k1");
+        assert_eq!(sso.idps.len(), 1);
+        assert_eq!(sso.idps[0].tenant, 0);
+        assert_eq!(
+            sso.idps[0].idp.entity_id,
+            "https://accounts.google.com/o/saml2?idpid=C02dfl1r1"
+        );
+        assert_eq!(sso.token_tenant(&c, "acme"), Some(0));
+        assert_eq!(sso.token_tenant(&c, "globex"), None, "globex has no saml");
+        assert!(
+            !format!("{c:?}").contains(SECRET),
+            "secrets stay out of Debug"
+        );
+
+        let mut v = with_saml();
+        v["sso"] = serde_json::json!({
+            "token_secret": SECRET, "token_key_id": "2025-12", "clock_skew_seconds": 0,
+            "token_ttl_seconds": 600,
+            "previous_token_secrets": [{"key_id": "2025-11", "secret": SECRET.repeat(2)}],
+        });
+        let c = parse(&v).unwrap();
+        let sso = c.sso.unwrap();
+        assert_eq!(sso.keys.current.id, "2025-12");
+        assert_eq!(sso.keys.previous[0].id, "2025-11");
+        assert_eq!((sso.clock_skew_secs, sso.token_ttl_secs), (0, 600));
+
+        // sso alone is allowed (no tenant signs in yet).
         let mut v = minimal();
-        v["tenants"][0]["saml"] = serde_json::json!({"idp_metadata": "<x/>"});
+        v["sso"] = serde_json::json!({"token_secret": SECRET});
+        assert!(parse(&v).unwrap().sso.unwrap().idps.is_empty());
+    }
+
+    #[test]
+    fn saml_and_sso_errors_name_the_field() {
+        type Change = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (
+                Box::new(|v| {
+                    v.as_object_mut().unwrap().remove("sso");
+                }),
+                "tenants[0].saml",
+            ),
+            (
+                Box::new(|v| v["sso"]["token_secret"] = "short".into()),
+                "sso.token_secret",
+            ),
+            (
+                Box::new(|v| v["sso"]["token_key_id"] = "a b".into()),
+                "sso.token_key_id",
+            ),
+            (
+                Box::new(|v| v["sso"]["clock_skew_seconds"] = 601.into()),
+                "sso.clock_skew_seconds",
+            ),
+            (
+                Box::new(|v| v["sso"]["token_ttl_seconds"] = 10.into()),
+                "sso.token_ttl_seconds",
+            ),
+            (
+                Box::new(|v| v["sso"]["tokn_secret"] = "x".into()),
+                "sso.tokn_secret",
+            ),
+            (
+                Box::new(|v| {
+                    v["sso"]["previous_token_secrets"] =
+                        serde_json::json!([{"key_id": "k1", "secret": SECRET}])
+                }),
+                "sso.previous_token_secrets[0].key_id",
+            ),
+            (
+                Box::new(|v| {
+                    v["sso"]["previous_token_secrets"] =
+                        serde_json::json!([{"key_id": "k0", "secret": "s"}])
+                }),
+                "sso.previous_token_secrets[0].secret",
+            ),
+            (
+                Box::new(|v| v["tenants"][0]["saml"]["idp_metadata"] = "<x/>".into()),
+                "tenants[0].saml.idp_metadata",
+            ),
+            (
+                Box::new(|v| {
+                    v["tenants"][0]["saml"]["idp_metadata"] = GOOGLE_METADATA
+                        .replace("X509Certificate>MIID", "X509Certificate>MIIE")
+                        .into()
+                }),
+                "tenants[0].saml.idp_metadata",
+            ),
+            (
+                Box::new(|v| v["tenants"][0]["saml"]["sp_entity_id"] = "".into()),
+                "tenants[0].saml.sp_entity_id",
+            ),
+            (
+                Box::new(|v| v["tenants"][0]["saml"]["acs_url"] = "https://gw.example/acs".into()),
+                "tenants[0].saml.acs_url",
+            ),
+            (
+                Box::new(|v| v["tenants"][0]["saml"]["acs_url"] = "/sso/saml/acs".into()),
+                "tenants[0].saml.acs_url",
+            ),
+            (
+                Box::new(|v| v["tenants"][0]["saml"]["extra"] = 1.into()),
+                "tenants[0].saml.extra",
+            ),
+            (
+                Box::new(|v| v["tenants"][1]["saml"] = v["tenants"][0]["saml"].clone()),
+                "tenants[1].saml.idp_metadata",
+            ),
+        ];
+        for (change, field) in cases {
+            let mut v = with_saml();
+            change(&mut v);
+            let e = err_of(v);
+            assert_eq!(e.field, field, "{e}");
+            assert!(!e.to_string().contains(SECRET), "{e}");
+        }
+        let mut v = with_saml();
+        v["sso"]["token_secret"] = 12345678901234567890u64.into();
         let e = err_of(v);
-        assert_eq!(e.field, "tenants[0].saml");
-        assert!(e.message.contains("not supported"));
-        let mut v = minimal();
-        v["sso"] = serde_json::json!({"token_secret": "x"});
-        assert_eq!(err_of(v).field, "sso");
+        assert_eq!(e.field, "sso.token_secret");
+        assert!(!e.to_string().contains("1234567890"), "{e}");
     }
 
     #[test]
@@ -581,6 +980,14 @@ mod tests {
         assert_eq!(err_of(v).field, "collector.path");
 
         let mut v = minimal();
+        v["collector"]["max_buffered_bytes"] = 100.into();
+        assert_eq!(err_of(v).field, "collector.max_buffered_bytes");
+
+        let mut v = minimal();
+        v["collector"]["max_batch_bytes"] = (8u64 << 20).into();
+        assert_eq!(err_of(v).field, "collector.max_batch_bytes");
+
+        let mut v = minimal();
         v["collector"]
             .as_object_mut()
             .unwrap()
@@ -598,6 +1005,76 @@ mod tests {
         let mut v = minimal();
         v["metering"] = serde_json::json!({"max_response_body_bytes": 1});
         assert_eq!(err_of(v).field, "metering.max_response_body_bytes");
+    }
+
+    #[test]
+    fn metering_routes_are_compiled_and_checked() {
+        let c = parse(&minimal()).unwrap();
+        assert!(c.metering.inject_include_usage);
+        assert_eq!(
+            c.metering.routes.api_for("POST", "/v1/messages"),
+            Api::AnthropicMessages
+        );
+
+        let mut v = minimal();
+        v["metering"] = serde_json::json!({
+            "inject_include_usage": false,
+            "routes": [
+                {"prefix": "/ollama", "api": "ollama_chat"},
+                {"path": "/v1/messages", "api": "unknown"},
+            ]
+        });
+        let c = parse(&v).unwrap();
+        assert!(!c.metering.inject_include_usage);
+        let r = &c.metering.routes;
+        assert_eq!(r.api_for("POST", "/ollama/api/chat"), Api::OllamaChat);
+        assert_eq!(r.api_for("POST", "/v1/messages"), Api::Other);
+        assert_eq!(r.api_for("POST", "/v1/responses"), Api::OpenAiResponses);
+
+        for (route, field, needle) in [
+            (
+                serde_json::json!({"path": "/x", "api": "claude"}),
+                "metering.routes[1].api",
+                "anthropic_messages",
+            ),
+            (
+                serde_json::json!({"prefix": "x", "api": "ollama_chat"}),
+                "metering.routes[1].prefix",
+                "'/'",
+            ),
+            (
+                serde_json::json!({"path": "/x?y=1", "api": "ollama_chat"}),
+                "metering.routes[1].path",
+                "query",
+            ),
+            (
+                serde_json::json!({"path": "/x", "prefix": "/x", "api": "ollama_chat"}),
+                "metering.routes[1]",
+                "exactly one",
+            ),
+            (
+                serde_json::json!({"api": "ollama_chat"}),
+                "metering.routes[1]",
+                "exactly one",
+            ),
+            (
+                serde_json::json!({"path": "/a/", "api": "ollama_chat"}),
+                "metering.routes[1]",
+                "earlier route",
+            ),
+            (
+                serde_json::json!({"path": "/x", "api": "ollama_chat", "method": "POST"}),
+                "metering.routes[1].method",
+                "unknown field",
+            ),
+        ] {
+            let mut v = minimal();
+            v["metering"] =
+                serde_json::json!({"routes": [{"path": "/a", "api": "openai_chat"}, route]});
+            let e = err_of(v);
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.message.contains(needle), "{e}");
+        }
     }
 
     #[test]

@@ -10,10 +10,13 @@
 //! - `auth`: credential extraction and constant-time key lookup;
 //! - `limits`: sliding-window limits, reservation and settlement, as pure functions of time;
 //! - `shared`: compare-and-swap updates of state shared by all workers;
-//! - `metering`: request estimates and usage from responses and streams;
+//! - `metering`: per API shape (OpenAI, Anthropic, Ollama), request estimates and usage from
+//!   responses and streams;
 //! - `records`: billing records, audit entries, ids and timestamps;
 //! - `shipper`: the lease-holding flusher that moves records to the collector;
 //! - `reply`: OpenAI-shaped local replies and rate-limit headers;
+//! - `saml`: SAML 2.0 sign-on: hardened XML, canonicalisation, signatures, assertion rules,
+//!   replay protection and the session token;
 //! - `host`: the thin adapter to Envoy, the only code that calls the host.
 
 pub mod auth;
@@ -23,6 +26,7 @@ pub mod limits;
 pub mod metering;
 pub mod records;
 pub mod reply;
+pub mod saml;
 pub mod shared;
 pub mod shipper;
 

@@ -21,6 +21,9 @@ pub struct Billing {
     pub output_tokens: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cached_input_tokens: Option<u64>,
+    /// Input tokens written to the prompt cache (Anthropic prices them apart).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_write_input_tokens: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning_tokens: Option<u64>,
     pub timestamp: String,
@@ -143,6 +146,7 @@ mod tests {
             input_tokens: 12,
             output_tokens: 34,
             cached_input_tokens: Some(2),
+            cache_write_input_tokens: None,
             reasoning_tokens: None,
             timestamp: timestamp(1_764_785_234_123_000_000),
             model: Some("m".into()),

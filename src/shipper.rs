@@ -29,6 +29,8 @@ pub enum Count {
     BatchesFailed,
     /// Records waiting in the queue or in flight (a gauge).
     Buffered,
+    /// Bytes of those records (a gauge): the sum of each record's JSON.
+    BufferedBytes,
 }
 
 /// What the shipper needs from the host.
@@ -57,6 +59,8 @@ struct InFlight {
     token: u32,
     batch_id: u64,
     records: u64,
+    /// Bytes of the records' JSON, as counted in the buffer gauge.
+    bytes: u64,
     deadline_ns: u64,
 }
 
@@ -75,6 +79,12 @@ impl Batch {
         out.extend_from_slice(&self.records.to_le_bytes());
         out.extend_from_slice(&self.body);
         out
+    }
+
+    /// The bytes of its records' JSON, without the envelope [`assemble`] puts around them:
+    /// what the buffer gauge counted for them when they were queued.
+    pub fn record_bytes(&self) -> u64 {
+        (self.body.len() as u64).saturating_sub(13 + self.records)
     }
 
     /// `None` for an empty slot or anything that is not a batch.
@@ -312,7 +322,7 @@ impl Shipper {
                 self.next_attempt_ns = now;
                 if self.clear_inflight(host, f.batch_id) {
                     host.count(Count::Sent, to_i64(f.records));
-                    host.count(Count::Buffered, -to_i64(f.records));
+                    unbuffer(host, f.records, f.bytes);
                 }
                 // More may be waiting: keep draining without waiting for the next tick.
                 self.send(host, now);
@@ -340,7 +350,7 @@ impl Shipper {
                 );
                 if self.clear_inflight(host, f.batch_id) {
                     host.count(Count::Dropped, to_i64(f.records));
-                    host.count(Count::Buffered, -to_i64(f.records));
+                    unbuffer(host, f.records, f.bytes);
                 }
             }
             Verdict::Retry => {
@@ -369,6 +379,7 @@ impl Shipper {
                     token,
                     batch_id: batch.id,
                     records: batch.records,
+                    bytes: batch.record_bytes(),
                     deadline_ns: now + (self.settings.timeout_ms + 5000) * MS,
                 });
             }
@@ -417,9 +428,9 @@ impl Shipper {
                 // Another flusher stored a batch meanwhile: put these records back.
                 for r in &records {
                     if let Err(e) = host.enqueue(r) {
-                        log::error!("record lost while requeueing: {e}");
+                        log::error!("1 record dropped: lost while requeueing ({e}); see inference_gate.records.dropped");
                         host.count(Count::Dropped, 1);
-                        host.count(Count::Buffered, -1);
+                        unbuffer(host, 1, r.len() as u64);
                     }
                 }
                 match other {
@@ -457,7 +468,11 @@ impl Shipper {
             return false;
         }
         host.count(Count::Dropped, 1);
-        host.count(Count::Buffered, -1);
+        unbuffer(
+            host,
+            1,
+            batch.record_bytes().saturating_sub(next.record_bytes()),
+        );
         true
     }
 
@@ -485,6 +500,12 @@ impl Shipper {
         let delay = backoff_ms(self.failures, base, self.settings.max_backoff_ms, self.rng);
         self.next_attempt_ns = now + delay * MS;
     }
+}
+
+/// Takes records that left the buffer (acknowledged or dropped) off both buffer gauges.
+fn unbuffer(host: &dyn ShipperHost, records: u64, bytes: u64) {
+    host.count(Count::Buffered, -to_i64(records));
+    host.count(Count::BufferedBytes, -to_i64(bytes));
 }
 
 fn to_i64(n: u64) -> i64 {
@@ -580,17 +601,15 @@ mod tests {
     };
 
     fn put(world: &World, n: usize) {
+        let mut bytes = 0;
         for i in 0..n {
-            world
-                .queue
-                .borrow_mut()
-                .push_back(format!("{{\"n\":{i}}}").into_bytes());
+            let record = format!("{{\"n\":{i}}}").into_bytes();
+            bytes += record.len() as i64;
+            world.queue.borrow_mut().push_back(record);
         }
-        *world
-            .counts
-            .borrow_mut()
-            .entry("Buffered".into())
-            .or_default() += n as i64;
+        let mut counts = world.counts.borrow_mut();
+        *counts.entry("Buffered".into()).or_default() += n as i64;
+        *counts.entry("BufferedBytes".into()).or_default() += bytes;
     }
 
     fn count(world: &World, what: &str) -> i64 {
@@ -618,6 +637,7 @@ mod tests {
         s.on_response(&w, t2, Some(200), b"");
         assert_eq!(count(&world, "Sent"), 5);
         assert_eq!(count(&world, "Buffered"), 0);
+        assert_eq!(count(&world, "BufferedBytes"), 0);
         assert!(world.queue.borrow().is_empty());
         // Idle: no call.
         s.on_tick(&w);
@@ -655,6 +675,7 @@ mod tests {
         assert_eq!(s.failures(), 0);
         assert_eq!(count(&world, "Sent"), 2);
         assert_eq!(count(&world, "Buffered"), 0);
+        assert_eq!(count(&world, "BufferedBytes"), 0);
     }
 
     #[test]
@@ -668,6 +689,7 @@ mod tests {
         s.on_response(&w, t, Some(400), b"");
         assert_eq!(count(&world, "Dropped"), 2);
         assert_eq!(count(&world, "Buffered"), 0);
+        assert_eq!(count(&world, "BufferedBytes"), 0);
         assert_eq!(
             Batch::decode(&world.shared.get(INFLIGHT_KEY).unwrap().0.unwrap()),
             None
@@ -690,6 +712,7 @@ mod tests {
         s.on_response(&w, t, Some(200), b"");
         assert_eq!(count(&world, "Sent"), 2);
         assert_eq!(count(&world, "Buffered"), 0);
+        assert_eq!(count(&world, "BufferedBytes"), 0);
     }
 
     #[test]
@@ -778,6 +801,7 @@ mod tests {
         sb.on_response(&b, tb, Some(200), b"");
         assert_eq!(count(&world, "Sent"), 2);
         assert_eq!(count(&world, "Buffered"), 0);
+        assert_eq!(count(&world, "BufferedBytes"), 0);
     }
 
     #[test]
@@ -795,6 +819,7 @@ mod tests {
         sa.on_response(&a, ta, Some(200), b"");
         assert_eq!(count(&world, "Sent"), 2);
         assert_eq!(count(&world, "Buffered"), 0);
+        assert_eq!(count(&world, "BufferedBytes"), 0);
     }
 
     #[test]
@@ -804,6 +829,23 @@ mod tests {
         let mut s = Shipper::new(1, SETTINGS);
         s.on_response(&w, 99, Some(200), b"");
         assert!(world.counts.borrow().is_empty());
+    }
+
+    #[test]
+    fn record_bytes_are_the_batch_without_its_envelope() {
+        let records = [b"{\"a\":1}".to_vec(), b"{\"bb\":22}".to_vec()];
+        let batch = Batch {
+            id: 1,
+            records: 2,
+            body: assemble(&records),
+        };
+        assert_eq!(batch.record_bytes(), 7 + 9);
+        let one = Batch {
+            id: 1,
+            records: 1,
+            body: without_record(&batch.body, 0).unwrap(),
+        };
+        assert_eq!(one.record_bytes(), 9);
     }
 
     #[test]

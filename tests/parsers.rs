@@ -7,8 +7,11 @@
 use inference_gate::auth::{self, Credential};
 use inference_gate::config::Config;
 use inference_gate::limits::{self, BucketState, Decision, Limits};
+use inference_gate::metering::include_usage::{self, UsageStripper};
+use inference_gate::metering::json::flag_of;
+use inference_gate::metering::ndjson::NdjsonDecoder;
 use inference_gate::metering::sse::SseDecoder;
-use inference_gate::metering::{self, Api, ResponseMeter};
+use inference_gate::metering::{self, Api, ResponseMeter, MAX_REPORTED_TOKENS};
 use inference_gate::shipper::Batch;
 use proptest::prelude::*;
 
@@ -23,6 +26,56 @@ fn sse_events(chunks: &[&[u8]], max: usize) -> Decoded {
     }
     d.finish(&mut |e| out.push((e.name.to_vec(), e.data.to_vec())));
     (out, d.oversized_events)
+}
+
+fn ndjson_lines(chunks: &[&[u8]], max: usize) -> (Vec<Vec<u8>>, u64) {
+    let mut d = NdjsonDecoder::new(max);
+    let mut out = Vec::new();
+    for c in chunks {
+        d.feed(c, &mut |l| out.push(l.to_vec()));
+    }
+    d.finish(&mut |l| out.push(l.to_vec()));
+    (out, d.oversized_lines)
+}
+
+/// What a client gets of a stream through the usage stripper.
+fn stripped(chunks: &[&[u8]], max: usize) -> (Vec<u8>, u64) {
+    let mut s = UsageStripper::new(max);
+    let mut out = Vec::new();
+    for c in chunks {
+        s.push(c, &mut out);
+    }
+    s.finish(&mut out);
+    (out, s.removed)
+}
+
+/// Stream events with or without usage, null usage, comments and odd line ends, as bytes.
+fn usage_stream() -> impl Strategy<Value = Vec<u8>> {
+    let event = prop_oneof![
+        Just(&b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}"[..]),
+        Just(&b"data: {\"usage\": null, \"choices\": [{\"text\": \"x\"}]}"[..]),
+        Just(
+            &b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}"[..]
+        ),
+        Just(&b"data: {\"usage\":{\"prompt_tokens\":3}}"[..]),
+        Just(&b"data: [DONE]"[..]),
+        Just(&b": keep-alive"[..]),
+        Just(&b"event: x\ndata: {\"usage\":null}"[..]),
+        Just(&b"data:{\"usage\"\r\ndata::null}"[..]),
+    ];
+    let end = prop::sample::select(vec![
+        &b"\n\n"[..],
+        b"\r\n\r\n",
+        b"\r\r",
+        b"\n\r\n",
+        b"\r\n\r",
+    ]);
+    prop::collection::vec((event, end), 0..12).prop_map(|events| {
+        events
+            .into_iter()
+            .flat_map(|(e, end)| [e, end].concat())
+            .collect()
+    })
 }
 
 /// Bytes biased towards what matters to an SSE decoder.
@@ -84,7 +137,7 @@ proptest! {
         points in prop::collection::vec(any::<usize>(), 0..12),
     ) {
         let body = vllm_stream(words, prompt, completion);
-        let mut m = ResponseMeter::new(Some("text/event-stream; charset=utf-8"), None, 1 << 20);
+        let mut m = ResponseMeter::new(Api::OpenAiChat, Some("text/event-stream; charset=utf-8"), None, 1 << 20);
         for c in split_at_points(&body, points) {
             m.feed(c);
         }
@@ -97,20 +150,118 @@ proptest! {
     #[test]
     fn response_meter_takes_any_bytes(
         bytes in prop::collection::vec(any::<u8>(), 0..600),
-        ct in prop::sample::select(vec!["application/json", "text/event-stream", "text/plain", ""]),
+        api in prop::sample::select(Api::ALL.to_vec()),
+        ct in prop::sample::select(vec!["application/json", "text/event-stream", "application/x-ndjson", "text/plain", ""]),
         points in prop::collection::vec(any::<usize>(), 0..6),
     ) {
         let ct = if ct.is_empty() { None } else { Some(ct) };
-        let mut m = ResponseMeter::new(ct, None, 256);
+        let mut m = ResponseMeter::new(api, ct, None, 256);
         for c in split_at_points(&bytes, points) {
             m.feed(c);
         }
-        let _ = m.finish();
+        let o = m.finish();
+        // Never more output than bytes seen, never a report past the cap.
+        prop_assert!(o.output_estimate <= bytes.len() as u64);
+        for u in [o.usage, o.reported_input].into_iter().flatten() {
+            prop_assert!(u.input_tokens <= MAX_REPORTED_TOKENS && u.output_tokens <= MAX_REPORTED_TOKENS);
+        }
+    }
+
+    #[test]
+    fn every_shape_reads_any_json_the_same_at_any_chunking(
+        v in arb_json(),
+        api in prop::sample::select(Api::ALL.to_vec()),
+        framing in prop::sample::select(vec!["text/event-stream", "application/x-ndjson", "application/json"]),
+        points in prop::collection::vec(any::<usize>(), 0..6),
+    ) {
+        let body = match framing {
+            "text/event-stream" => format!("event: e\ndata: {v}\n\ndata: {v}\r\n\r\n"),
+            "application/x-ndjson" => format!("{v}\n{v}\r\n"),
+            _ => v.to_string(),
+        };
+        let read = |chunks: Vec<&[u8]>| {
+            let mut m = ResponseMeter::new(api, Some(framing), None, 1 << 20);
+            for c in chunks {
+                m.feed(c);
+            }
+            m.finish()
+        };
+        let whole = read(vec![body.as_bytes()]);
+        prop_assert_eq!(&whole, &read(split_at_points(body.as_bytes(), points)));
+        prop_assert!(whole.output_estimate <= body.len() as u64);
+    }
+
+    #[test]
+    fn ndjson_chunking_never_changes_the_lines(
+        bytes in prop::collection::vec(prop_oneof![prop::sample::select(b"{}\"\r\n\n x".to_vec()), any::<u8>()], 0..400),
+        points in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let whole = ndjson_lines(&[&bytes], 64);
+        let split = ndjson_lines(&split_at_points(&bytes, points), 64);
+        prop_assert_eq!(whole, split);
+    }
+
+    #[test]
+    fn the_stripper_takes_any_bytes_the_same_at_any_chunking(
+        bytes in prop_oneof![usage_stream(), sse_bytes()],
+        points in prop::collection::vec(any::<usize>(), 0..8),
+        max in prop::sample::select(vec![16usize, 64, 4096]),
+    ) {
+        let (whole, removed) = stripped(&[&bytes], max);
+        let (split, removed_split) = stripped(&split_at_points(&bytes, points), max);
+        prop_assert_eq!(&whole, &split);
+        prop_assert_eq!(removed, removed_split);
+        // It only ever takes bytes away.
+        prop_assert!(whole.len() <= bytes.len());
+    }
+
+    #[test]
+    fn a_stream_without_usage_passes_the_stripper_untouched(
+        words in prop::collection::vec("[a-z ]{0,6}", 0..10),
+        points in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let mut body = Vec::new();
+        for w in &words {
+            body.extend_from_slice(format!("data: {}\r\n\r\n", serde_json::json!({"choices": [{"delta": {"content": w}}]})).as_bytes());
+        }
+        body.extend_from_slice(b": ping\n\ndata: [DONE]\n\n");
+        prop_assert_eq!(stripped(&split_at_points(&body, points), 1 << 16), (body.clone(), 0));
+    }
+
+    #[test]
+    fn include_usage_is_added_to_any_streamed_request_as_valid_json(v in arb_json()) {
+        let mut v = v;
+        if let Some(map) = v.as_object_mut() {
+            map.insert("stream".into(), true.into());
+        }
+        let body = v.to_string();
+        if let Some(asked) = include_usage::add_to_request(body.as_bytes()) {
+            let parsed: serde_json::Value = serde_json::from_slice(&asked).expect("valid JSON");
+            prop_assert_eq!(&parsed["stream_options"]["include_usage"], &serde_json::Value::Bool(true));
+            // Nothing else changed.
+            let mut back = parsed.clone();
+            // (Parsed from the same text: serde_json's float parsing is not exact.)
+            let mut orig: serde_json::Value = serde_json::from_str(&body).unwrap();
+            back.as_object_mut().unwrap().remove("stream_options");
+            orig.as_object_mut().unwrap().remove("stream_options");
+            prop_assert_eq!(back, orig);
+        } else if let Some(map) = v.as_object() {
+            // Only a client that asked already, or a `stream_options` the server refuses.
+            let options = map.get("stream_options");
+            let asked = options.is_some_and(|o| flag_of(&o["include_usage"]) == Some(true));
+            let refused = options.is_some_and(|o| !o.is_null() && !o.is_object());
+            prop_assert!(asked || refused, "{}", body);
+        }
+    }
+
+    #[test]
+    fn include_usage_takes_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+        let _ = include_usage::add_to_request(&bytes);
     }
 
     #[test]
     fn request_estimates_take_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
-        for api in [Api::OpenAiChat, Api::OpenAiCompletions, Api::OpenAiEmbeddings, Api::Other] {
+        for api in Api::ALL {
             let e = metering::estimate_request(api, &bytes, 100);
             prop_assert!(e.total() >= e.input_tokens);
         }
@@ -119,8 +270,9 @@ proptest! {
     #[test]
     fn request_estimates_take_any_json(v in arb_json()) {
         let body = v.to_string();
-        for api in [Api::OpenAiChat, Api::OpenAiCompletions, Api::OpenAiEmbeddings] {
-            let _ = metering::estimate_request(api, body.as_bytes(), 100);
+        for api in Api::ALL {
+            let e = metering::estimate_request(api, body.as_bytes(), 100);
+            prop_assert!(e.input_tokens <= body.len() as u64 + 1_000);
         }
     }
 
@@ -194,7 +346,12 @@ fn arb_json() -> impl Strategy<Value = serde_json::Value> {
             "max_tokens",
             "n",
             "content",
-            "text"
+            "text",
+            "message_start",
+            "message_delta",
+            "content_block_delta",
+            "response.completed",
+            "response.output_text.delta"
         ])
         .prop_map(|s| Value::String(s.to_string())),
     ];
@@ -217,6 +374,25 @@ fn arb_json() -> impl Strategy<Value = serde_json::Value> {
                     "role",
                     "tenants",
                     "collector",
+                    "usage",
+                    "choices",
+                    "delta",
+                    "type",
+                    "message",
+                    "done",
+                    "prompt_eval_count",
+                    "eval_count",
+                    "prompt_tokens",
+                    "input_tokens",
+                    "output_tokens",
+                    "cache_read_input_tokens",
+                    "stream_options",
+                    "include_usage",
+                    "system",
+                    "options",
+                    "num_predict",
+                    "response",
+                    "max_output_tokens",
                 ])
                 .prop_map(str::to_string),
                 inner,

@@ -7,9 +7,11 @@
 //! | [`api`] | one module per group of endpoints: record ingest, queries, health |
 //! | [`auth`] | the two bearer tokens: startup checks and constant-time comparison |
 //! | [`error`] | the one error type handlers return, rendered as OpenAI-shaped JSON |
+//! | [`metrics`] | the collector's own counters and latencies, rendered for `GET /metrics` |
 //! | [`records`] | billing and audit record types and the validation of an ingest batch |
+//! | [`retention`] | the background job that deletes records past their retention period |
 //! | [`timestamp`] | RFC 3339 timestamps kept as written, compared as instants |
-//! | [`store`] | durable storage behind [`store::Store`]; SQLite today |
+//! | [`store`] | durable storage behind [`store::Store`]: SQLite or PostgreSQL |
 //!
 //! `main.rs` holds only the command line, startup and graceful shutdown.
 
@@ -17,6 +19,8 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod error;
+pub mod metrics;
 pub mod records;
+pub mod retention;
 pub mod store;
 pub mod timestamp;

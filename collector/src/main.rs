@@ -3,14 +3,14 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use collector::app::{app, AppState};
 use collector::auth::{Tokens, ADMIN_TOKEN_ENV, INGEST_TOKEN_ENV};
-use collector::store::{SqliteStore, Store};
+use collector::retention::{self, Retention};
+use collector::store::{Location, Store};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
@@ -42,9 +42,39 @@ struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:9000")]
     listen: SocketAddr,
 
-    /// SQLite database file; it and its directory are created if missing.
-    #[arg(long, default_value = "./data/collector.db")]
-    database: PathBuf,
+    /// Where records are stored: a SQLite file (created with its directory if missing), or a
+    /// PostgreSQL URL `postgres://user:password@host:port/database` that several collectors
+    /// may share. A URL with a password belongs in the environment, not the command line.
+    #[arg(
+        long,
+        env = "COLLECTOR_DATABASE",
+        hide_env_values = true,
+        default_value = "./data/collector.db"
+    )]
+    database: String,
+
+    /// Most connections to PostgreSQL this collector opens (SQLite always uses two).
+    #[arg(long, env = "COLLECTOR_MAX_CONNECTIONS", default_value_t = 16)]
+    max_connections: usize,
+
+    /// How long billing records are kept, by record timestamp (e.g. `400d`, `13months`).
+    /// Kept forever when not set.
+    #[arg(long, env = "COLLECTOR_BILLING_RETENTION", value_parser = retention_period)]
+    billing_retention: Option<Duration>,
+
+    /// How long audit entries are kept, by record timestamp (e.g. `365d`). Kept forever when
+    /// not set.
+    #[arg(long, env = "COLLECTOR_AUDIT_RETENTION", value_parser = retention_period)]
+    audit_retention: Option<Duration>,
+
+    /// How often the retention job runs (it also runs once at startup).
+    #[arg(
+        long,
+        env = "COLLECTOR_RETENTION_INTERVAL",
+        default_value = "1h",
+        value_parser = interval
+    )]
+    retention_interval: Duration,
 
     /// Token operators present for queries. Set it in the environment: a command line is
     /// visible to every user of the machine.
@@ -94,11 +124,16 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let interrupt = signal(SignalKind::interrupt())
         .map_err(|err| format!("cannot install the SIGINT handler: {err}"))?;
 
-    let database = args.database.display().to_string();
-    let store = SqliteStore::open(&args.database)
+    let location = Location::parse(&args.database).map_err(|err| err.to_string())?;
+    let database = location.to_string();
+    let store = Store::open(&location, args.max_connections)
         .await
         .map_err(|err| format!("cannot open the database {database}: {err}"))?;
-    let store = Store::Sqlite(store);
+    let retention = Retention {
+        billing: args.billing_retention,
+        audit: args.audit_retention,
+        interval: args.retention_interval,
+    };
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -108,12 +143,27 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|err| format!("cannot read the listening address: {err}"))?;
     tracing::info!(%listen, %database, "collector listening");
 
+    let state = AppState::new(store.clone(), tokens);
+    let retention_job = retention.is_enabled().then(|| {
+        tracing::info!(
+            billing = %describe(retention.billing),
+            audit = %describe(retention.audit),
+            every = %humantime::format_duration(retention.interval),
+            "retention job enabled"
+        );
+        tokio::spawn(retention::run(
+            store.clone(),
+            state.metrics.clone(),
+            retention,
+        ))
+    });
+
     // Graceful shutdown: on the first signal the server stops accepting, lets the requests
     // in flight finish, and returns. The grace period or a second signal cuts the wait short.
     let (count_tx, signals) = watch::channel(0);
     tokio::spawn(count_signals(terminate, interrupt, count_tx));
-    let server = axum::serve(listener, app(AppState::new(store.clone(), tokens)))
-        .with_graceful_shutdown(nth_signal(signals.clone(), 1));
+    let server =
+        axum::serve(listener, app(state)).with_graceful_shutdown(nth_signal(signals.clone(), 1));
     let cut_short = async {
         nth_signal(signals.clone(), 1).await;
         tokio::select! {
@@ -129,6 +179,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         () = cut_short => Ok(()),
     };
 
+    if let Some(job) = retention_job {
+        job.abort();
+    }
     // Closing waits for database work already started, then checkpoints the WAL.
     if let Err(err) = store.close().await {
         tracing::error!(error = %err, "closing the database failed");
@@ -136,6 +189,32 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     served?;
     tracing::info!("collector stopped");
     Ok(())
+}
+
+fn describe(period: Option<Duration>) -> String {
+    period.map_or_else(
+        || "forever".to_owned(),
+        |period| humantime::format_duration(period).to_string(),
+    )
+}
+
+fn retention_period(text: &str) -> Result<Duration, String> {
+    let period = humantime::parse_duration(text).map_err(|err| err.to_string())?;
+    if period < retention::MIN_PERIOD {
+        return Err(format!(
+            "must be at least {} (leave it out to keep records forever)",
+            humantime::format_duration(retention::MIN_PERIOD)
+        ));
+    }
+    Ok(period)
+}
+
+fn interval(text: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(text).map_err(|err| err.to_string())?;
+    if interval < Duration::from_secs(1) {
+        return Err("must be at least 1s".to_owned());
+    }
+    Ok(interval)
 }
 
 /// Counts SIGTERM and SIGINT for as long as the process runs. The handlers replace the

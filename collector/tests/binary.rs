@@ -1,10 +1,16 @@
-//! The real binary on a loopback socket: startup, a batch over the wire, a read-back, and a
-//! clean exit on SIGTERM.
+//! The real binary on a loopback socket: startup, a batch over the wire, a read-back, a clean
+//! exit on SIGTERM, nothing acknowledged lost to a SIGKILL, and several collectors sharing one
+//! PostgreSQL.
 
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -18,6 +24,9 @@ fn collector() -> Command {
         .env("RUST_LOG", "info")
         .env_remove("COLLECTOR_ADMIN_TOKEN")
         .env_remove("COLLECTOR_INGEST_TOKEN")
+        .env_remove("COLLECTOR_DATABASE")
+        .env_remove("COLLECTOR_BILLING_RETENTION")
+        .env_remove("COLLECTOR_AUDIT_RETENTION")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -40,22 +49,43 @@ fn listening_address(stderr: &mut BufReader<ChildStderr>, log: &mut String) -> S
 
 /// One HTTP/1.1 exchange on a fresh connection; returns the status and the JSON body.
 fn exchange(address: &str, method: &str, path: &str, token: &str, body: &str) -> (u16, Value) {
-    let mut stream = TcpStream::connect(address).unwrap();
+    try_exchange(address, method, path, token, body)
+        .unwrap_or_else(|err| panic!("{method} {path}: {err}"))
+}
+
+/// The same, with any failure (refused, reset, cut short, not JSON) as an error.
+fn try_exchange(
+    address: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> Result<(u16, Value), String> {
+    let mut stream = TcpStream::connect(address).map_err(|e| e.to_string())?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+        .map_err(|e| e.to_string())?;
     let request = format!(
         "{method} {path} HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {token}\r\n\
          content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(request.as_bytes()).unwrap();
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
 
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, serde_json::from_str(body).unwrap())
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or("no complete head")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("no status")?;
+    let body = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    Ok((status, body))
 }
 
 fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
@@ -78,7 +108,8 @@ struct Server {
 }
 
 impl Server {
-    fn start(database: &Path) -> Server {
+    /// `database` is a SQLite path or a PostgreSQL URL.
+    fn start(database: impl AsRef<OsStr>) -> Server {
         let mut child = collector()
             .args(["serve", "--listen", "127.0.0.1:0", "--database"])
             .arg(database)
@@ -95,6 +126,12 @@ impl Server {
             log,
             address,
         }
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     fn sigterm(&self) {
@@ -222,7 +259,7 @@ fn a_request_in_flight_at_sigterm_is_finished_and_stored() {
 #[test]
 fn a_second_signal_stops_without_waiting() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("collector.db"));
+    let server = Server::start(dir.path().join("collector.db"));
     let (_stream, _rest) = start_slow_request(&server.address, &one_record_batch());
     std::thread::sleep(Duration::from_millis(300));
 
@@ -284,4 +321,212 @@ fn refuses_to_start_without_good_tokens() {
             "touched the database before refusing"
         );
     }
+}
+
+/// Billing records `{tenant}-{first}` .. `{tenant}-{first + count - 1}` as a batch body.
+fn billing_batch(tenant: &str, ids: impl Iterator<Item = String>) -> String {
+    let records: Vec<Value> = ids
+        .map(|id| {
+            json!({
+                "kind": "billing", "id": id, "tenant_id": tenant, "input_tokens": 3,
+                "output_tokens": 4, "timestamp": "2026-12-03T18:07:14.123Z",
+                "api": "openai_chat", "usage_source": "reported"
+            })
+        })
+        .collect();
+    json!({ "records": records }).to_string()
+}
+
+/// Every billing record id of `tenant`, read page by page through the admin API.
+fn stored_ids(address: &str, tenant: &str) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    let mut from: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/billing?tenant_id={tenant}&limit=10000");
+        if let Some(from) = &from {
+            path.push_str(&format!("&from={from}"));
+        }
+        let (status, body) = exchange(address, "GET", &path, ADMIN, "");
+        assert_eq!(status, 200, "{body}");
+        let records = body["records"].as_array().unwrap();
+        let before = ids.len();
+        ids.extend(records.iter().map(|r| r["id"].as_str().unwrap().to_owned()));
+        // Every record here has the same timestamp: one page must hold them all.
+        if records.len() < 10_000 || ids.len() == before {
+            return ids;
+        }
+        from = records
+            .last()
+            .map(|r| r["timestamp"].as_str().unwrap().to_owned());
+    }
+}
+
+/// Senders post batches as fast as they can; the collector is killed with SIGKILL in the
+/// middle; every record of every batch that was answered `200` must be there after a restart.
+fn nothing_acknowledged_is_lost_to_a_sigkill(database: &str) {
+    let server = Server::start(database);
+    let address = server.address.clone();
+    let acknowledged = Arc::new(Mutex::new(HashMap::<String, Vec<String>>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let senders: Vec<_> = (0..4)
+        .map(|sender| {
+            let (address, acknowledged, stop) =
+                (address.clone(), acknowledged.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let tenant = format!("killed-{sender}");
+                let mut next = 0;
+                // Bounded, so that one page of the billing query holds them all.
+                while !stop.load(Ordering::Relaxed) && next < 9_000 {
+                    let ids: Vec<String> =
+                        (next..next + 40).map(|n| format!("{tenant}-{n}")).collect();
+                    next += 40;
+                    let body = billing_batch(&tenant, ids.iter().cloned());
+                    match try_exchange(&address, "POST", "/v1/records", INGEST, &body) {
+                        Ok((200, _)) => acknowledged
+                            .lock()
+                            .unwrap()
+                            .entry(tenant.clone())
+                            .or_default()
+                            .extend(ids),
+                        // Refused or cut off by the kill: not acknowledged, not counted.
+                        _ => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Kill once some batches are through, while the senders are still sending.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acknowledged
+        .lock()
+        .unwrap()
+        .values()
+        .map(Vec::len)
+        .sum::<usize>()
+        < 400
+    {
+        assert!(Instant::now() < deadline, "no batch was acknowledged");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    server.kill();
+    stop.store(true, Ordering::Relaxed);
+    for sender in senders {
+        sender.join().unwrap();
+    }
+
+    let server = Server::start(database);
+    let acknowledged = acknowledged.lock().unwrap();
+    eprintln!(
+        "acknowledged before the kill: {} records",
+        acknowledged.values().map(Vec::len).sum::<usize>()
+    );
+    for (tenant, ids) in acknowledged.iter() {
+        let stored = stored_ids(&server.address, tenant);
+        let missing: Vec<&String> = ids.iter().filter(|id| !stored.contains(*id)).collect();
+        assert!(
+            missing.is_empty(),
+            "{} of {} acknowledged records of {tenant} are missing, e.g. {:?}",
+            missing.len(),
+            ids.len(),
+            &missing[..missing.len().min(5)]
+        );
+    }
+    server.sigterm();
+    assert_eq!(server.finish(Duration::from_secs(10)).0, Some(0));
+}
+
+#[test]
+fn nothing_acknowledged_is_lost_to_a_sigkill_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("collector.db");
+    nothing_acknowledged_is_lost_to_a_sigkill(database.to_str().unwrap());
+}
+
+#[test]
+fn nothing_acknowledged_is_lost_to_a_sigkill_on_postgres() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(location) = runtime.block_on(common::postgres_location()) else {
+        return;
+    };
+    nothing_acknowledged_is_lost_to_a_sigkill(&location);
+}
+
+#[test]
+fn several_collectors_share_one_postgres_without_duplicates() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(location) = runtime.block_on(common::postgres_location()) else {
+        return;
+    };
+    let servers: Vec<Server> = (0..3).map(|_| Server::start(&location)).collect();
+    let addresses: Vec<String> = servers.iter().map(|s| s.address.clone()).collect();
+
+    // Eight senders, each sending 20 batches of 100 to the collectors in turn; the windows
+    // overlap, so most ids reach several collectors at about the same time.
+    let senders: Vec<_> = (0..8u64)
+        .map(|sender| {
+            let addresses = addresses.clone();
+            std::thread::spawn(move || {
+                let (mut accepted, mut duplicates) = (0, 0);
+                for batch in 0..20u64 {
+                    let start = (sender * 130 + batch * 50) % 2_000;
+                    let ids = (start..start + 100).map(|n| format!("shared-{:04}", n % 2_000));
+                    let address = &addresses[((sender + batch) % 3) as usize];
+                    let body = billing_batch("shared", ids);
+                    let (status, answer) = exchange(address, "POST", "/v1/records", INGEST, &body);
+                    assert_eq!(status, 200, "{answer}");
+                    accepted += answer["accepted"].as_u64().unwrap();
+                    duplicates += answer["duplicates"].as_u64().unwrap();
+                }
+                (accepted, duplicates)
+            })
+        })
+        .collect();
+    let (mut accepted, mut duplicates) = (0, 0);
+    for sender in senders {
+        let (a, d) = sender.join().unwrap();
+        accepted += a;
+        duplicates += d;
+    }
+
+    assert_eq!(accepted + duplicates, 8 * 20 * 100);
+    let stored = stored_ids(&addresses[0], "shared");
+    assert_eq!(
+        accepted,
+        stored.len() as u64,
+        "an id was counted as new twice"
+    );
+    for address in &addresses {
+        let (_, usage) = exchange(address, "GET", "/v1/usage?tenant_id=shared", ADMIN, "");
+        assert_eq!(usage["requests"], stored.len(), "{usage}");
+    }
+    for server in servers {
+        server.sigterm();
+        let (exit, log) = server.finish(Duration::from_secs(10));
+        assert_eq!(exit, Some(0), "log:\n{log}");
+    }
+}
+
+#[test]
+fn refuses_retention_periods_that_would_empty_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = collector()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--billing-retention",
+            "30s",
+            "--database",
+        ])
+        .arg(dir.path().join("c.db"))
+        .env("COLLECTOR_ADMIN_TOKEN", ADMIN)
+        .env("COLLECTOR_INGEST_TOKEN", INGEST)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("must be at least 1h"), "{stderr}");
 }

@@ -19,6 +19,8 @@ import secrets
 from pathlib import Path
 
 import pytest
+import sso
+from replay_model import ReplayServer
 from support import Collector, DemoLog, Gateway, Tenant  # puts scripts/ on the path first
 
 import stack
@@ -67,6 +69,7 @@ TENANTS = {
         _tenant("sdk", 1000, 1_000_000),
         _tenant("sdk-limited", 1, 1_000_000),
         _tenant("secrets", 1000, 1_000_000),
+        _tenant(sso.TENANT_ID, 1000, 1_000_000),
     ]
 }
 
@@ -77,7 +80,9 @@ UNKNOWN_KEYS = [f"sk-unknown-{secrets.token_hex(16)}" for _ in range(3)]
 def plugin_config() -> dict:
     return {
         "tenants": [
-            t.plugin_entry(single_digest=(t.id == "single-digest")) for t in TENANTS.values()
+            t.plugin_entry(single_digest=(t.id == "single-digest"))
+            | ({"saml": sso.saml_entry()} if t.id == sso.TENANT_ID else {})
+            for t in TENANTS.values()
         ],
         "collector": {
             "cluster": "collector",
@@ -88,6 +93,8 @@ def plugin_config() -> dict:
             "timeout_ms": 2000,
         },
         "metering": {"default_max_tokens": 256},
+        # SAML sign-on for the `sso` tenant (test_sso.py).
+        "sso": sso.section(),
     }
 
 
@@ -129,6 +136,64 @@ def the_stack(stack_dir: Path):
         gate.stop()
 
 
+# The tenants of the second stack, whose model server replays the metering fixtures.
+REPLAY_TENANTS = {
+    t.id: t
+    for t in [_tenant("shapes", 10_000, 100_000_000), _tenant("shapes-sdk", 1000, 1_000_000)]
+}
+
+
+@pytest.fixture(scope="session")
+def replay_tenants() -> dict[str, Tenant]:
+    return REPLAY_TENANTS
+
+
+@pytest.fixture(scope="session")
+def replay_server():
+    server = ReplayServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def replay_stack(tmp_path_factory: pytest.TempPathFactory, replay_server: ReplayServer):
+    """Envoy with the filter and a collector, in front of the replay server (no demo model).
+    `metering.default_max_tokens` is 256, as the fixtures' figures assume."""
+    config = plugin_config()
+    config["tenants"] = [t.plugin_entry() for t in REPLAY_TENANTS.values()]
+    gate = stack.Stack(
+        workdir=tmp_path_factory.mktemp("replay-stack"),
+        plugin_config=config,
+        ports=stack.Ports.free(),
+        upstream=stack.Upstream("127.0.0.1", replay_server.port),
+        envoy_bin=ENVOY_BIN,
+        collector_bin=COLLECTOR_BIN,
+        demo_model_bin=DEMO_MODEL_BIN,
+        wasm_path=FILTER_WASM,
+        admin_token=TEST_ADMIN_TOKEN,
+        concurrency=2,
+        envoy_args=["--log-level", "warning"],
+    )
+    try:
+        gate.start(timeout=60)
+    except stack.StackError as err:
+        pytest.fail(f"the replay stack did not start: {err}", pytrace=False)
+    try:
+        yield gate
+    finally:
+        gate.stop()
+
+
+@pytest.fixture(scope="session")
+def replay_gateway(replay_stack: stack.Stack) -> Gateway:
+    return Gateway(replay_stack.gateway_url)
+
+
+@pytest.fixture(scope="session")
+def replay_collector(replay_stack: stack.Stack) -> Collector:
+    return Collector(replay_stack.collector_url, replay_stack.admin_token)
+
+
 @pytest.fixture(scope="session")
 def gateway(the_stack: stack.Stack) -> Gateway:
     return Gateway(the_stack.gateway_url)
@@ -158,6 +223,12 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     report = outcome.get_result()
-    gate = item.funcargs.get("the_stack") if hasattr(item, "funcargs") else None
-    if report.failed and isinstance(gate, stack.Stack):
-        report.sections.append(("stack logs (last lines of each process)", gate.log_tails(30)))
+    for name in ("the_stack", "replay_stack"):
+        gate = item.funcargs.get(name) if hasattr(item, "funcargs") else None
+        if report.failed and isinstance(gate, stack.Stack):
+            report.sections.append(
+                (f"{name} logs (last lines of each process)", gate.log_tails(30))
+            )
+    bed = item.funcargs.get("bed") if hasattr(item, "funcargs") else None
+    if report.failed and hasattr(bed, "logs"):
+        report.sections.append(("fault bed logs (last lines of each process)", bed.logs()))

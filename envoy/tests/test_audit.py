@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from conftest import UNKNOWN_KEYS
-from support import CHAT, new_request_id
+from support import CHAT
 
 AUDIT_FIELDS = {
     "id",
@@ -22,17 +22,20 @@ AUDIT_FIELDS = {
 
 def test_success_429_and_401_are_audited(gateway, collector, tenants):
     tenant = tenants["audit"]  # 1 request per minute
-    ids = {name: new_request_id() for name in ("ok", "limited", "unauthorized")}
-
-    ok = gateway.chat(tenant.key, headers={"x-request-id": ids["ok"]})
-    limited = gateway.chat(tenant.key, headers={"x-request-id": ids["limited"]})
-    unauthorized = gateway.chat(UNKNOWN_KEYS[0], headers={"x-request-id": ids["unauthorized"]})
+    ok = gateway.chat(tenant.key)
+    limited = gateway.chat(tenant.key)
+    unauthorized = gateway.chat(UNKNOWN_KEYS[0])
     assert (ok.status, limited.status, unauthorized.status) == (200, 429, 401)
 
-    # The filter records Envoy's request id, which is the client's here (trusted loopback).
-    for name, response in (("ok", ok), ("limited", limited), ("unauthorized", unauthorized)):
-        if response.request_id:
-            assert response.request_id == ids[name], (name, response)
+    # Envoy is the edge (use_remote_address): it assigns the request id, whatever the client
+    # sends, and returns it on every response, local replies included.
+    ids = {
+        "ok": ok.request_id,
+        "limited": limited.request_id,
+        "unauthorized": unauthorized.request_id,
+    }
+    assert all(ids.values()), ids
+    assert len(set(ids.values())) == 3, ids
 
     mine = collector.wait_audit(tenant.id, {ids["ok"], ids["limited"]})
     expected = {
@@ -54,6 +57,12 @@ def test_success_429_and_401_are_audited(gateway, collector, tenants):
     assert (entry["method"], entry["path"]) == ("POST", CHAT), entry
     assert entry["action"] in ("inference", "auth"), entry
     assert entry["remote_addr"] is None or entry["remote_addr"].startswith("127.0.0.1"), entry
+
+
+def test_a_client_cannot_choose_its_request_id(gateway, collector, tenants):
+    chosen = "client-chosen-id"
+    response = gateway.chat(tenants["audit"].key, headers={"x-request-id": chosen})
+    assert response.request_id and response.request_id != chosen, response
 
 
 def test_audit_ids_are_unique(collector):

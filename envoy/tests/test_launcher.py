@@ -213,7 +213,13 @@ def test_launcher_with_upstream_and_plugin_config_stops_all_when_one_exits(launc
         ports = launcher.ports
         response = Gateway(f"http://127.0.0.1:{ports.listener}").chat(key)
         assert response.status == 200, response
-        assert f"tenant=mine request_id={response.request_id}" in model.output()
+        # The model's output is read by a thread: give its line a moment to arrive.
+        poll(
+            model.output,
+            lambda out: f"tenant=mine request_id={response.request_id}" in out,
+            what="the request in the model's output",
+            timeout=5,
+        )
 
         # The collector was given the plugin's ingest token, so the records get in.
         collector = Collector(f"http://127.0.0.1:{ports.collector}", stack.DEMO_ADMIN_TOKEN)

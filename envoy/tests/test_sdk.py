@@ -75,3 +75,28 @@ def test_exhausted_tenant_raises_rate_limit_error(client_for, tenants):
     assert caught.value.code == "rate_limit_exceeded"
     retry_after = caught.value.response.headers.get("retry-after")
     assert retry_after and 1 <= int(retry_after) <= 60
+
+
+def test_streaming_without_usage_shows_none_and_is_billed_exactly(
+    client_for, collector, demo_log, tenants
+):
+    """The client does not ask for usage: the gateway asks the model for it, bills it exactly,
+    and the client still gets a stream without it."""
+    tenant = tenants["sdk"]
+    stream = client_for(tenant.key).chat.completions.create(
+        model=MODEL, messages=MESSAGES, stream=True
+    )
+    request_id = stream.response.headers.get("x-request-id")
+    chunks = list(stream)
+    assert chunks and all(c.choices for c in chunks), "a usage chunk reached the client"
+    assert all(c.usage is None for c in chunks)
+    assert all("usage" not in c.model_dump(exclude_unset=True) for c in chunks)
+
+    served = demo_log.by_request_id(request_id)
+    assert served["include_usage"] is True, served
+    record = collector.wait_billing(tenant.id, {request_id})[request_id]
+    assert record["usage_source"] == "reported", record
+    assert (record["input_tokens"], record["output_tokens"]) == (
+        served["prompt_tokens"],
+        served["completion_tokens"],
+    )

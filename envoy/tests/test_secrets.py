@@ -6,7 +6,7 @@ import json
 
 import pytest
 from conftest import TEST_ADMIN_TOKEN, TEST_INGEST_TOKEN, UNKNOWN_KEYS
-from support import CHAT, new_request_id
+from support import CHAT
 
 
 @pytest.mark.last
@@ -23,19 +23,16 @@ def test_no_secret_in_logs_or_records(the_stack, gateway, collector, demo_log, t
         {"Authorization": f"Bearer {UNKNOWN_KEYS[2]}"},
         {"x-api-key": UNKNOWN_KEYS[2]},
     ):
-        request_id = new_request_id()
-        gateway.chat(None, headers={**headers, "x-request-id": request_id})
-        request_ids.append(request_id)
+        request_ids.append(gateway.chat(None, headers=headers).request_id)
     # A key in the query string (some clients do that) is no credential here, but it is a
     # secret all the same: the audit path must not keep it.
-    request_id = new_request_id()
-    gateway.request(
+    response = gateway.request(
         "POST",
         f"{CHAT}?api_key={UNKNOWN_KEYS[0]}",
-        headers={"x-request-id": request_id},
         body={"model": "demo-model", "messages": [{"role": "user", "content": "hi"}]},
     )
-    request_ids.append(request_id)
+    request_ids.append(response.request_id)
+    assert all(request_ids), request_ids
 
     # Everything sent so far is flushed once these entries are in.
     collector.wait_audit(None, set(request_ids))

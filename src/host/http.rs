@@ -4,9 +4,11 @@
 //! the credentials and set `x-tenant-id`; refuse at once a tenant with no request or token
 //! left. Request body: held until it is whole, then admission reserves the request and an
 //! estimate of its tokens, or refuses with `429` (limits) or `503` (the record buffer is
-//! full); the model server gets the body only once the reservation is made. Response: add
-//! the rate-limit headers and read usage as the body streams past. Log phase: settle the
-//! reservation against the real usage and queue the billing and audit records.
+//! full); the model server gets the body only once the reservation is made. An OpenAI stream
+//! that does not ask for usage is made to (`metering::include_usage`). Response: add the
+//! rate-limit headers and read usage as the body streams past, taking out of a stream what
+//! asking for usage added. Log phase: settle the reservation against the real usage and queue
+//! the billing and audit records.
 
 use std::rc::Rc;
 
@@ -19,9 +21,12 @@ use super::{buffer, header, now_ns, property, property_u64, Env, Worker};
 use crate::auth::{self, Credential};
 use crate::config::{BufferFullPolicy, Tenant};
 use crate::limits::{self, BucketState, Decision, LimitView, Limits};
-use crate::metering::{self, Api, RequestEstimate, ResponseMeter, Usage};
+use crate::metering::include_usage::{self, UsageStripper};
+use crate::metering::{self, Api, RequestEstimate, ResponseMeter, Usage, MAX_EVENT_BYTES};
 use crate::records::{self, Audit, AuditResult, Billing, Record, UsageSource};
 use crate::reply::{self, LocalReply};
+use crate::saml::token::{self, TokenError};
+use crate::saml::{acs, Check};
 use crate::shared::{self, UpdateError};
 use crate::shipper::ShipperHost;
 
@@ -60,8 +65,20 @@ pub struct HttpFilter {
     local_status: Option<u32>,
     upstream_status: Option<u32>,
     meter: Option<ResponseMeter>,
+    /// The filter added `stream_options.include_usage` to the request body.
+    usage_added: bool,
+    /// Takes the usage the client did not ask for out of the response stream.
+    stripper: Option<UsageStripper>,
     /// The record buffer was full under the `drop` policy: this request's records are lost.
     drop_records: bool,
+    /// `POST /sso/saml/acs`: answered here, audited as `auth`.
+    acs: Option<Acs>,
+}
+
+/// What the ACS needs from the request headers, and what came of it.
+struct Acs {
+    content_type: Option<String>,
+    check: Option<Check>,
 }
 
 impl HttpFilter {
@@ -81,7 +98,10 @@ impl HttpFilter {
             local_status: None,
             upstream_status: None,
             meter: None,
+            usage_added: false,
+            stripper: None,
             drop_records: false,
+            acs: None,
         }
     }
 
@@ -120,16 +140,114 @@ impl HttpFilter {
             }
             Credential::Malformed(why) => return Err(reply::unauthorized("invalid_api_key", why)),
         };
-        match self.worker.config.keys.lookup(key) {
-            Some(t) => {
-                self.tenant = Some(t);
+        if let Some(t) = self.worker.config.keys.lookup(key) {
+            self.tenant = Some(t);
+            return Ok(());
+        }
+        if token::looks_like_token(key) {
+            return self.authenticate_session(key);
+        }
+        Err(reply::unauthorized(
+            "invalid_api_key",
+            "Incorrect API key provided.",
+        ))
+    }
+
+    /// A session token from a SAML sign-on: its tenant, if the token holds and the tenant
+    /// still signs in over SAML.
+    fn authenticate_session(&mut self, session_token: &str) -> Result<(), LocalReply> {
+        let config = Rc::clone(&self.worker.config);
+        let invalid = || reply::unauthorized("invalid_api_key", "Incorrect API key provided.");
+        let Some(sso) = &config.sso else {
+            return Err(invalid());
+        };
+        match token::verify(&sso.keys, session_token, now_ns() / 1_000_000_000) {
+            Ok(claims) => {
+                self.tenant = Some(
+                    sso.token_tenant(&config, &claims.tenant)
+                        .ok_or_else(invalid)?,
+                );
                 Ok(())
             }
-            None => Err(reply::unauthorized(
-                "invalid_api_key",
-                "Incorrect API key provided.",
+            Err(TokenError::Expired) => Err(reply::unauthorized(
+                "session_expired",
+                "The session token has expired. Sign in again through your identity provider.",
             )),
+            Err(TokenError::Invalid) => Err(invalid()),
         }
+    }
+
+    /// `POST /sso/saml/acs`, from its headers: the filter answers it once the form is whole.
+    /// The headers go on (Envoy delivers the body only then); the body is held here, so with
+    /// the buffer filter after this one nothing reaches the model server.
+    fn begin_acs(&mut self, end_of_stream: bool) -> Action {
+        self.acs = Some(Acs {
+            content_type: header(MapType::HttpRequestHeaders, "content-type"),
+            check: None,
+        });
+        if self.method != "POST" {
+            let mut r = reply::error(
+                405,
+                "invalid_request_error",
+                "method_not_allowed",
+                "Post the SAML response to this endpoint as an HTML form.",
+            );
+            r.headers.push(("allow", "POST".to_string()));
+            return self.reply(r);
+        }
+        for name in STRIPPED {
+            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+        }
+        if end_of_stream {
+            return self.answer_acs(&[]);
+        }
+        Action::Continue
+    }
+
+    /// A chunk of the ACS form post.
+    fn acs_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.local_status.is_some() {
+            return Action::Continue;
+        }
+        if body_size > acs::MAX_BODY_BYTES {
+            return self.reply(reply::error(
+                413,
+                "invalid_request_error",
+                "request_too_large",
+                &format!(
+                    "The form post is larger than {} bytes.",
+                    acs::MAX_BODY_BYTES
+                ),
+            ));
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = buffer(BufferType::HttpRequestBody, body_size);
+        self.answer_acs(&body)
+    }
+
+    fn answer_acs(&mut self, body: &[u8]) -> Action {
+        let config = Rc::clone(&self.worker.config);
+        let env = Env {
+            worker: &self.worker,
+        };
+        let content_type = self.acs.as_ref().and_then(|a| a.content_type.clone());
+        let outcome = acs::handle(&config, &env, now_ns(), content_type.as_deref(), body);
+        self.tenant = outcome.tenant;
+        if let Some(a) = &mut self.acs {
+            a.check = outcome.check;
+        }
+        match outcome.check {
+            Some(c) => log::info!("{} saml sign-on refused: {}", self.who(), c.code()),
+            None if outcome.reply.status == 200 => log::info!("{} saml sign-on", self.who()),
+            None => log::warn!(
+                "{} saml sign-on answered {}",
+                self.who(),
+                outcome.reply.status
+            ),
+        }
+        self.reply(outcome.reply)
     }
 
     /// Rewrites the request for the model server: no credentials, the tenant we vouch for,
@@ -152,7 +270,7 @@ impl HttpFilter {
             metering::estimate_request(self.api, body, config.metering.default_max_tokens);
 
         let c = &config.collector;
-        if self.worker.metrics.buffered() >= c.max_buffered_records {
+        if self.worker.buffer_full() {
             match c.on_buffer_full {
                 BufferFullPolicy::Reject => {
                     log::warn!("{} refused: record buffer full", self.who());
@@ -200,6 +318,7 @@ impl HttpFilter {
                     requests,
                     token_view: tokens,
                 });
+                self.ask_for_stream_usage(body);
                 Action::Continue
             }
             Ok(Decision::Refuse {
@@ -231,6 +350,29 @@ impl HttpFilter {
                     message,
                 ))
             }
+        }
+    }
+
+    /// Makes an OpenAI stream that does not ask for usage ask for it, so that it is billed
+    /// exactly; the response path then hides the answer from the client. The body is whole
+    /// here and not yet forwarded, so it can be replaced; its `content-length` was removed
+    /// with the headers (see `on_http_request_headers`).
+    fn ask_for_stream_usage(&mut self, body: &[u8]) {
+        if !self.api.usage_on_request() || !self.worker.config.metering.inject_include_usage {
+            return;
+        }
+        let Some(asking) = include_usage::add_to_request(body) else {
+            return;
+        };
+        match hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body.len(), &asking) {
+            Ok(()) => {
+                log::trace!("{} stream_options.include_usage added", self.who());
+                self.usage_added = true;
+            }
+            Err(e) => log::warn!(
+                "{} request body not rewritten ({e:?}); the stream will be billed an estimate",
+                self.who()
+            ),
         }
     }
 
@@ -277,17 +419,14 @@ impl HttpFilter {
             .take()
             .map(ResponseMeter::finish)
             .unwrap_or_default();
-        let model = self.estimate.model.clone().or(outcome.model.clone());
-        if let Some(u) = outcome.usage {
-            return Some((u, UsageSource::Reported, model));
-        }
         // The model ran (a success response) but reported nothing, or the client left
-        // mid-stream or before any response: the request reached the model server, so bill
-        // an estimate rather than nothing.
+        // mid-stream or before any response: the request reached the model server, so an
+        // estimate is billed rather than nothing.
         let served = matches!(self.upstream_status, Some(200..=299));
         let abandoned = self.upstream_status.is_none() && self.local_status.is_none();
-        if !(served || abandoned) || !self.api.is_inference() {
-            return None;
+        let bill = metering::bill(self.api, &self.estimate, &outcome, served || abandoned)?;
+        if bill.reported {
+            return Some((bill.usage, UsageSource::Reported, bill.model));
         }
         if let Some(why) = outcome.unreadable {
             log::warn!(
@@ -296,12 +435,7 @@ impl HttpFilter {
             );
         }
         self.worker.metrics.usage_estimated();
-        let usage = Usage {
-            input_tokens: self.estimate.input_tokens,
-            output_tokens: outcome.output_estimate.min(self.estimate.output_tokens),
-            ..Usage::default()
-        };
-        Some((usage, UsageSource::Estimated, model))
+        Some((bill.usage, UsageSource::Estimated, bill.model))
     }
 
     fn settle(&self, actual: u64) {
@@ -326,33 +460,40 @@ impl HttpFilter {
         }
     }
 
+    /// Queues a request's records for the collector. Every record that is not queued is
+    /// counted in `inference_gate.records.dropped` and reported in the log, with the reason.
     fn emit(&self, records: Vec<Record>) {
         let worker = &self.worker;
         // Records of a request that was served are always kept: under the reject policy a
         // full buffer refuses new requests instead. Audit entries of requests refused here
-        // (bad keys, limits) may fill only half of the buffer, so that a flood of bad keys
-        // during a collector outage cannot lock paying tenants out.
+        // (bad keys, limits) may fill only half of the buffer (in records or in bytes), so
+        // that a flood of bad keys during a collector outage cannot lock paying tenants out.
         let served = self.reservation.is_some();
-        let bound = worker.config.collector.max_buffered_records;
-        let drop_all = self.drop_records || (!served && worker.metrics.buffered() >= bound / 2);
+        let drop_all = self.drop_records || (!served && worker.buffer_half_full());
+        if drop_all {
+            worker.records_dropped(records.len() as u64, "record buffer full");
+            return;
+        }
+
         let env = Env { worker };
-        let mut queued = 0;
-        let mut dropped = 0;
+        let (mut queued, mut bytes) = (0, 0);
         for r in records {
-            let json = if drop_all { None } else { r.to_json() };
-            match json.map(|j| env.enqueue(&j)) {
-                Some(Ok(())) => queued += 1,
-                Some(Err(e)) => {
-                    log::error!("{} record not queued: {e}", self.who());
-                    dropped += 1;
+            let Some(json) = r.to_json() else {
+                worker.records_dropped(1, "record not serialisable");
+                continue;
+            };
+            match env.enqueue(&json) {
+                Ok(()) => {
+                    queued += 1;
+                    bytes += json.len() as u64;
                 }
-                None => dropped += 1,
+                Err(e) => {
+                    log::error!("{} record not queued: {e}", self.who());
+                    worker.records_dropped(1, "shared queue refused the record");
+                }
             }
         }
-        if dropped > 0 {
-            worker.records_dropped(dropped, "record buffer full");
-        }
-        worker.metrics.queued(queued);
+        worker.metrics.queued(queued, bytes);
     }
 }
 
@@ -370,13 +511,22 @@ impl HttpContext for HttpFilter {
             self.unrecorded = true;
             return self.reply(reply::healthy());
         }
+        if bare_path == acs::PATH {
+            return self.begin_acs(end_of_stream);
+        }
 
         if let Err(r) = self.authenticate() {
             log::debug!("{} unauthorized", self.who());
             return self.reply(r);
         }
         self.rewrite_request();
-        self.api = Api::from_path(&self.path);
+        self.api = (self.worker.config.metering.routes).api_for(&self.method, &self.path);
+        if self.api.usage_on_request() && self.worker.config.metering.inject_include_usage {
+            // Admission may lengthen the body (`ask_for_stream_usage`) after these headers
+            // have gone on; without a length the buffer filter after this one sets the right
+            // one, or the body goes up chunked.
+            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, "content-length");
+        }
 
         if end_of_stream {
             return self.admit(&[]);
@@ -392,6 +542,9 @@ impl HttpContext for HttpFilter {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.acs.is_some() {
+            return self.acs_body(body_size, end_of_stream);
+        }
         if self.local_status.is_some() || self.reservation.is_some() {
             return Action::Continue;
         }
@@ -412,6 +565,9 @@ impl HttpContext for HttpFilter {
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.acs.is_some() {
+            return self.acs_body(acs::MAX_BODY_BYTES, true);
+        }
         if self.local_status.is_some() || self.reservation.is_some() {
             return Action::Continue;
         }
@@ -433,20 +589,64 @@ impl HttpContext for HttpFilter {
             for (name, value) in reply::limit_headers(&r.requests, &r.token_view) {
                 let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(&value));
             }
-            self.meter = Some(ResponseMeter::new(
+            let meter = ResponseMeter::new(
+                self.api,
                 header(MapType::HttpResponseHeaders, "content-type").as_deref(),
                 header(MapType::HttpResponseHeaders, "content-encoding").as_deref(),
                 self.worker.config.metering.max_response_body_bytes,
-            ));
+            );
+            if self.usage_added && meter.is_event_stream() {
+                // The stream will be shorter than the server says.
+                let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, "content-length");
+                self.stripper = Some(UsageStripper::new(MAX_EVENT_BYTES));
+            } else if self.usage_added {
+                log::debug!(
+                    "{} asked for stream usage but the answer is not a readable event stream",
+                    self.who()
+                );
+            }
+            self.meter = Some(meter);
         }
         Action::Continue
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.meter.is_none() {
+            return Action::Continue;
+        }
+        let chunk = if body_size > 0 {
+            buffer(BufferType::HttpResponseBody, body_size)
+        } else {
+            Vec::new()
+        };
         if let Some(meter) = &mut self.meter {
-            if body_size > 0 {
-                meter.feed(&buffer(BufferType::HttpResponseBody, body_size));
+            meter.feed(&chunk);
+        }
+        let Some(stripper) = &mut self.stripper else {
+            return Action::Continue;
+        };
+        let mut out = Vec::with_capacity(chunk.len());
+        stripper.push(&chunk, &mut out);
+        if end_of_stream {
+            stripper.finish(&mut out);
+        }
+        let removed = stripper.removed;
+        if out != chunk {
+            if let Err(e) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out)
+            {
+                // Nothing of this chunk was changed: it goes on as the server sent it.
+                log::warn!(
+                    "{} response body not rewritten ({e:?}); the client may see the usage chunk",
+                    self.who()
+                );
+                self.stripper = None;
             }
+        }
+        if end_of_stream {
+            log::trace!(
+                "{} usage chunks hidden from the client: {removed}",
+                self.who()
+            );
         }
         Action::Continue
     }
@@ -497,6 +697,7 @@ impl HttpContext for HttpFilter {
                 input_tokens: u.input_tokens,
                 output_tokens: u.output_tokens,
                 cached_input_tokens: u.cached_input_tokens,
+                cache_write_input_tokens: u.cache_write_input_tokens,
                 reasoning_tokens: u.reasoning_tokens,
                 timestamp: timestamp.clone(),
                 model: model.as_deref().map(|m| clip(m, 256)),
@@ -505,11 +706,22 @@ impl HttpContext for HttpFilter {
                 usage_source: source,
             }));
         }
+        if let Some(a) = &self.acs {
+            // A sign-on: what was checked, and which check refused it.
+            resource = Some(
+                a.check
+                    .map_or("saml".to_string(), |c| format!("saml:{}", c.code())),
+            );
+        }
         out.push(Record::Audit(Audit {
             id: ids.next_id(),
             timestamp,
             tenant_id,
-            action: "inference",
+            action: if self.acs.is_some() {
+                "auth"
+            } else {
+                "inference"
+            },
             result,
             resource,
             status_code: status,

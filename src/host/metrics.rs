@@ -1,4 +1,6 @@
-//! The filter's counters, exposed as Envoy stats (`wasmcustom.inference_gate.*`).
+//! The filter's counters, exposed as Envoy stats: `wasmcustom.inference_gate.*` on the admin
+//! `/stats` page and `inference_gate_*` on `/stats/prometheus` (Envoy files Proxy-Wasm
+//! metrics under its `wasmcustom` namespace, which the Prometheus format leaves out).
 //!
 //! Envoy keeps one stat per name for the whole process, so every worker adds to the same
 //! counter. A metric that could not be defined is simply not recorded; it never fails a
@@ -19,6 +21,7 @@ pub struct Metrics {
     records_dropped: Option<u32>,
     batches_failed: Option<u32>,
     buffered: Option<u32>,
+    buffered_bytes: Option<u32>,
     limiter_contended: Option<u32>,
     usage_estimated: Option<u32>,
 }
@@ -66,6 +69,7 @@ impl Metrics {
             records_dropped: counter("inference_gate.records.dropped"),
             batches_failed: counter("inference_gate.batches.failed"),
             buffered: define(MetricType::Gauge, "inference_gate.buffer.records"),
+            buffered_bytes: define(MetricType::Gauge, "inference_gate.buffer.bytes"),
             limiter_contended: counter("inference_gate.limiter.contended"),
             usage_estimated: counter("inference_gate.usage.estimated"),
         }
@@ -75,9 +79,11 @@ impl Metrics {
         add(self.requests.get(result_index(r)).copied().flatten(), 1);
     }
 
-    pub fn queued(&self, n: u64) {
+    /// `n` records of `bytes` bytes in all went into the shared queue.
+    pub fn queued(&self, n: u64, bytes: u64) {
         add(self.records_queued, to_i64(n));
         add(self.buffered, to_i64(n));
+        add(self.buffered_bytes, to_i64(bytes));
     }
 
     pub fn limiter_contended(&self) {
@@ -90,17 +96,12 @@ impl Metrics {
 
     /// Records waiting in the queue or in flight, process-wide.
     pub fn buffered(&self) -> u64 {
-        let v = self
-            .buffered
-            .and_then(|id| hostcalls::get_metric(id).ok())
-            .unwrap_or(0);
-        // A gauge that went below zero (it can restart at zero when Envoy replaces the VM
-        // while records are buffered) reads as a huge number; count it as empty.
-        if v > u64::MAX / 2 {
-            0
-        } else {
-            v
-        }
+        gauge(self.buffered)
+    }
+
+    /// Bytes of record JSON waiting in the queue or in flight, process-wide.
+    pub fn buffered_bytes(&self) -> u64 {
+        gauge(self.buffered_bytes)
     }
 
     pub fn count(&self, what: Count, delta: i64) {
@@ -109,16 +110,32 @@ impl Metrics {
             Count::Retried => add(self.records_retried, delta),
             Count::Dropped => add(self.records_dropped, delta),
             Count::BatchesFailed => add(self.batches_failed, delta),
-            Count::Buffered => {
-                // Never take the gauge below zero.
-                let delta = if delta < 0 {
-                    -(delta.unsigned_abs().min(self.buffered()) as i64)
-                } else {
-                    delta
-                };
-                add(self.buffered, delta)
-            }
+            Count::Buffered => add(self.buffered, floored(delta, self.buffered())),
+            Count::BufferedBytes => add(self.buffered_bytes, floored(delta, self.buffered_bytes())),
         }
+    }
+}
+
+fn gauge(id: Option<u32>) -> u64 {
+    let v = id
+        .and_then(|id| hostcalls::get_metric(id).ok())
+        .unwrap_or(0);
+    // A gauge that went below zero (see `floored`) reads as a huge number; count it as empty.
+    if v > u64::MAX / 2 {
+        0
+    } else {
+        v
+    }
+}
+
+/// A decrement no larger than the gauge's value. The buffer gauges carry on across a
+/// configuration reload (the stats belong to the Envoy process, see the README), but should
+/// one ever read less than the queue holds, it stops at zero rather than wrapping around.
+fn floored(delta: i64, current: u64) -> i64 {
+    if delta < 0 {
+        -(i64::try_from(delta.unsigned_abs().min(current)).unwrap_or(i64::MAX))
+    } else {
+        delta
     }
 }
 

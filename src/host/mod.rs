@@ -33,9 +33,10 @@ pub struct Worker {
     pub queue: Option<u32>,
     pub metrics: Metrics,
     pub ids: IdGen,
-    /// Records dropped since the last log line about it, and when that line was written:
-    /// a flood of drops is logged as one line per interval, not one per record.
-    pub drops: Cell<(u64, u64)>,
+    /// Records dropped since the last log line about it, why the last of them was, and when
+    /// that line was written: a flood of drops is logged as one line per interval, not one
+    /// per record, and the tick writes the line for drops still unreported.
+    pub drops: Cell<(u64, &'static str, u64)>,
 }
 
 /// How often dropped records are reported in the log, at most.
@@ -43,18 +44,41 @@ const DROP_LOG_INTERVAL_NS: u64 = 10_000_000_000;
 
 impl Worker {
     /// Counts records that will never reach the collector, and says so in the log.
-    pub fn records_dropped(&self, n: u64, why: &str) {
+    pub fn records_dropped(&self, n: u64, why: &'static str) {
         self.metrics
             .count(Count::Dropped, i64::try_from(n).unwrap_or(i64::MAX));
-        let (pending, last) = self.drops.get();
-        let pending = pending.saturating_add(n);
+        let (pending, _, last) = self.drops.get();
+        self.drops.set((pending.saturating_add(n), why, last));
+        self.report_drops();
+    }
+
+    /// Whether the record buffer has reached its bound in records or in bytes.
+    pub fn buffer_full(&self) -> bool {
+        self.buffer_reaches(1)
+    }
+
+    /// Whether the record buffer holds half of either bound: the share audit entries of
+    /// refused requests may fill.
+    pub fn buffer_half_full(&self) -> bool {
+        self.buffer_reaches(2)
+    }
+
+    fn buffer_reaches(&self, divisor: u64) -> bool {
+        let c = &self.config.collector;
+        self.metrics.buffered() >= c.max_buffered_records / divisor
+            || self.metrics.buffered_bytes() >= c.max_buffered_bytes / divisor
+    }
+
+    /// Writes the log line for dropped records not yet reported, at most once per interval.
+    /// Called on every drop and on every tick, so none goes unreported for long.
+    pub fn report_drops(&self) {
+        let (pending, why, last) = self.drops.get();
         let now = now_ns();
-        if now.saturating_sub(last) >= DROP_LOG_INTERVAL_NS {
-            log::error!("{pending} records dropped ({why}); see inference_gate.records.dropped");
-            self.drops.set((0, now));
-        } else {
-            self.drops.set((pending, last));
+        if pending == 0 || now.saturating_sub(last) < DROP_LOG_INTERVAL_NS {
+            return;
         }
+        log::error!("{pending} records dropped ({why}); see inference_gate.records.dropped");
+        self.drops.set((0, why, now));
     }
 }
 

@@ -14,6 +14,7 @@ use super::{buffer, header, random_u64, Env, Worker, QUEUE_NAME};
 use crate::config::Config;
 use crate::limits::BucketState;
 use crate::records::IdGen;
+use crate::saml;
 use crate::shared;
 use crate::shipper::{Settings, Shipper};
 
@@ -106,7 +107,7 @@ impl RootContext for Root {
             queue,
             metrics: Metrics::define(),
             ids: IdGen::new(random_u64()),
-            drops: std::cell::Cell::new((0, 0)),
+            drops: std::cell::Cell::new((0, "", 0)),
         });
 
         // Create every tenant's counters before traffic can reach them: Envoy stores a
@@ -118,6 +119,32 @@ impl RootContext for Root {
             if let Err(e) = shared::ensure(&env, &limits_key(&t.id), &empty) {
                 log::error!("tenant={} limit state not created: {e}", t.id);
                 return false;
+            }
+        }
+        if let Some(sso) = &worker.config.sso {
+            // The SAML replay store, for the same reason.
+            for key in saml::replay::bucket_keys() {
+                if let Err(e) = shared::ensure(&env, &key, &saml::replay::empty_bucket()) {
+                    log::error!("saml replay store not created: {e}");
+                    return false;
+                }
+            }
+            for s in &sso.idps {
+                let tenant = worker
+                    .config
+                    .tenant(s.tenant)
+                    .map_or("-", |t| t.id.as_str());
+                let pins: Vec<&str> = s
+                    .idp
+                    .keys
+                    .iter()
+                    .map(|k| k.certificate_sha256.as_str())
+                    .collect();
+                log::info!(
+                    "tenant={tenant} saml idp={} pinned_certificates_sha256={}",
+                    s.idp.entity_id,
+                    pins.join(",")
+                );
             }
         }
 
@@ -149,6 +176,7 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let (Some(worker), Some(shipper)) = (&self.worker, &mut self.shipper) {
             shipper.on_tick(&Env { worker });
+            worker.report_drops();
         }
     }
 

@@ -1,14 +1,26 @@
-//! The OpenAI shapes: chat completions, completions and embeddings.
+//! The OpenAI shapes: chat completions, completions and embeddings, as OpenAI, vLLM, TGI,
+//! llama.cpp server, SGLang and Ollama's `/v1` speak them.
 //!
 //! Request bodies give the admission estimate (prompt, output cap, number of choices);
-//! response bodies and stream chunks give the usage the model server reported. Fields are
-//! read leniently: a field of an unexpected type is treated as absent, so a request the model
-//! server will reject anyway still gets an estimate rather than an error here.
+//! response bodies and stream chunks give the usage the model server reported and the text
+//! it generated. A stream reports usage only in a chunk of its own at the end, and only when
+//! the request set `stream_options.include_usage` (see `include_usage` for how the filter
+//! makes sure it does); servers that keep continuous usage repeat it in every chunk, and the
+//! last one counts.
 
 use serde::Deserialize;
 
-use super::estimate::{self, PER_CONVERSATION, PER_MESSAGE};
-use super::{RequestEstimate, Usage};
+use super::estimate::{Content, Generated, PER_CONVERSATION, PER_MESSAGE};
+use super::json::{self, clamp, count, flag, lenient, object};
+use super::{estimate, Reading, RequestEstimate, Usage};
+
+/// Which OpenAI endpoint a request was for; it decides how the request is estimated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+}
 
 /// The fields of a request body that metering needs.
 #[derive(Deserialize, Default)]
@@ -29,7 +41,7 @@ struct Request {
     n: Option<u64>,
     #[serde(default, deserialize_with = "count")]
     best_of: Option<u64>,
-    #[serde(default, deserialize_with = "lenient")]
+    #[serde(default, deserialize_with = "flag")]
     stream: Option<bool>,
 }
 
@@ -37,19 +49,6 @@ struct Request {
 struct Message {
     #[serde(default, deserialize_with = "lenient")]
     content: Option<Content>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Parts(Vec<Part>),
-}
-
-#[derive(Deserialize)]
-struct Part {
-    #[serde(default, deserialize_with = "lenient")]
-    text: Option<String>,
 }
 
 /// A completions `prompt` or an embeddings `input`.
@@ -62,69 +61,13 @@ enum Prompt {
     TokenLists(Vec<Vec<u64>>),
 }
 
-/// Deserializes a value, or `None` if it is null or of another shape.
-fn lenient<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    let value = serde_json::Value::deserialize(de)?;
-    Ok(T::deserialize(value).ok())
-}
-
-/// A count as Python servers read it (pydantic in lax mode): an integer, a float with no
-/// fraction, or a string holding an integer. Anything else is absent.
-fn count<'de, D>(de: D) -> Result<Option<u64>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    use serde_json::Value;
-    Ok(match Value::deserialize(de)? {
-        Value::Number(n) => n.as_u64().or_else(|| {
-            let f = n.as_f64()?;
-            // Saturating cast: a float past u64 reads as the largest count.
-            (f >= 0.0 && f.fract() == 0.0).then_some(f as u64)
-        }),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    })
-}
-
-/// Like `lenient`, for a struct that must come from a JSON object: serde would also fill a
-/// struct from an array by position, and `"usage": [1, 0]` is not a usage report.
-fn object<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    let value = serde_json::Value::deserialize(de)?;
-    if !value.is_object() {
-        return Ok(None);
-    }
-    Ok(T::deserialize(value).ok())
-}
-
-/// Which OpenAI endpoint a request was for; it decides how the request is estimated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Chat,
-    Completions,
-    Embeddings,
-}
-
 /// Estimates a request. `None` if the body is not a JSON object.
 pub fn estimate_request(
     endpoint: Endpoint,
     body: &[u8],
     default_max_tokens: u64,
 ) -> Option<RequestEstimate> {
-    if !starts_object(body) {
-        return None;
-    }
-    // Through a map first, so that a key given twice counts once, with its last value, as
-    // in the Python servers this estimate stands in front of (serde's derive would refuse).
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let req = Request::deserialize(value).ok()?;
+    let req: Request = json::parse_object(body)?;
 
     let input_tokens = match endpoint {
         Endpoint::Chat => req.messages.as_deref().map_or(0, chat_tokens),
@@ -149,80 +92,11 @@ pub fn estimate_request(
     })
 }
 
-/// serde would also read a struct from a JSON array; only an object is a request or a
-/// response.
-fn starts_object(json: &[u8]) -> bool {
-    json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
-}
-
-/// Finds the usage object in the last bytes of a JSON body too large to keep whole.
-///
-/// OpenAI-shaped servers put `usage` last, at the top level. The last `"usage":` whose
-/// quote is not escaped (inside generated text it would be written `\"usage\"`) and that
-/// is followed by an object is taken as the report.
-pub fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
-    const KEY: &[u8] = b"\"usage\"";
-    let mut end = tail.len();
-    while let Some(at) = tail.get(..end)?.windows(KEY.len()).rposition(|w| w == KEY) {
-        end = at;
-        if at > 0 && tail.get(at - 1) == Some(&b'\\') {
-            continue;
-        }
-        let rest = tail.get(at + KEY.len()..)?;
-        let rest = rest.get(rest.iter().position(|b| !b.is_ascii_whitespace())?..)?;
-        let Some(value) = rest.strip_prefix(b":") else {
-            continue;
-        };
-        let mut values =
-            serde_json::Deserializer::from_slice(value).into_iter::<serde_json::Value>();
-        if let Some(Ok(v)) = values.next() {
-            if v.is_object() {
-                if let Ok(u) = WireUsage::deserialize(v) {
-                    return Some(u.into());
-                }
-            }
-        }
-    }
-    None
-}
-
-impl From<WireUsage> for Usage {
-    fn from(u: WireUsage) -> Usage {
-        Usage {
-            input_tokens: clamp(u.prompt_tokens),
-            output_tokens: clamp(u.completion_tokens),
-            cached_input_tokens: u
-                .prompt_tokens_details
-                .and_then(|d| d.cached_tokens)
-                .map(clamp),
-            reasoning_tokens: u
-                .completion_tokens_details
-                .and_then(|d| d.reasoning_tokens)
-                .map(clamp),
-        }
-    }
-}
-
-/// The largest token count a record carries (2^53, exact in every JSON reader). A server
-/// that reports more is broken; its figure is capped rather than let a record be refused.
-pub const MAX_REPORTED_TOKENS: u64 = 1 << 53;
-
-fn clamp(n: u64) -> u64 {
-    n.min(MAX_REPORTED_TOKENS)
-}
-
 fn chat_tokens(messages: &[Message]) -> u64 {
     let text: u64 = messages
         .iter()
-        .map(|m| match &m.content {
-            Some(Content::Text(t)) => estimate::text_tokens(t),
-            Some(Content::Parts(parts)) => parts
-                .iter()
-                .filter_map(|p| p.text.as_deref())
-                .map(estimate::text_tokens)
-                .sum(),
-            None => 0,
-        })
+        .filter_map(|m| m.content.as_ref())
+        .map(Content::tokens)
         .sum();
     text + PER_MESSAGE * messages.len() as u64 + PER_CONVERSATION
 }
@@ -236,9 +110,9 @@ fn prompt_tokens(p: &Prompt) -> u64 {
     }
 }
 
-/// The parts of a response body or stream chunk that carry usage.
+/// A response body or one stream chunk.
 #[derive(Deserialize)]
-struct UsageCarrier {
+struct Reply {
     #[serde(default, deserialize_with = "lenient")]
     model: Option<String>,
     #[serde(default, deserialize_with = "object")]
@@ -270,60 +144,127 @@ struct CompletionDetails {
     reasoning_tokens: Option<u64>,
 }
 
+impl From<WireUsage> for Usage {
+    fn from(u: WireUsage) -> Usage {
+        Usage {
+            input_tokens: clamp(u.prompt_tokens),
+            output_tokens: clamp(u.completion_tokens),
+            cached_input_tokens: u
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .map(clamp),
+            cache_write_input_tokens: None,
+            reasoning_tokens: u
+                .completion_tokens_details
+                .and_then(|d| d.reasoning_tokens)
+                .map(clamp),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct Choice {
+    /// A whole answer's message.
     #[serde(default, deserialize_with = "object")]
-    message: Option<ChoiceMessage>,
+    message: Option<Said>,
+    /// A stream chunk's piece of the message.
+    #[serde(default, deserialize_with = "object")]
+    delta: Option<Said>,
+    /// Completions.
     #[serde(default, deserialize_with = "lenient")]
     text: Option<String>,
 }
 
+/// Generated text in a message or delta: the answer, the reasoning some servers return
+/// apart (vLLM and SGLang `reasoning_content`, Ollama and OpenRouter `reasoning`), and the
+/// arguments of tool calls.
 #[derive(Deserialize)]
-struct ChoiceMessage {
+struct Said {
     #[serde(default, deserialize_with = "lenient")]
     content: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    reasoning_content: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    reasoning: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
+    tool_calls: Option<Vec<ToolCall>>,
 }
 
-/// What one JSON document (a whole body or one stream chunk) says.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Reading {
-    pub model: Option<String>,
-    pub usage: Option<Usage>,
-    /// Estimated output tokens from the generated text, for when `usage` is missing.
-    pub text_tokens: u64,
+#[derive(Deserialize)]
+struct ToolCall {
+    #[serde(default, deserialize_with = "object")]
+    function: Option<Function>,
 }
 
-/// Reads a response body or chunk. `None` if it is not a JSON object.
-pub fn read_response(json: &[u8]) -> Option<Reading> {
-    if !starts_object(json) {
+#[derive(Deserialize)]
+struct Function {
+    #[serde(default, deserialize_with = "lenient")]
+    arguments: Option<String>,
+}
+
+impl Said {
+    fn count(&self, generated: &mut Generated) {
+        for text in [&self.content, &self.reasoning_content, &self.reasoning]
+            .into_iter()
+            .flatten()
+        {
+            generated.add(text);
+        }
+        for call in self.tool_calls.iter().flatten() {
+            if let Some(args) = call.function.as_ref().and_then(|f| f.arguments.as_deref()) {
+                generated.add(args);
+            }
+        }
+    }
+}
+
+/// Folds one response body or stream chunk into what the response said so far.
+fn fold(reading: &mut Reading, reply: Reply) {
+    if reading.model.is_none() {
+        reading.model = reply.model;
+    }
+    if let Some(u) = reply.usage {
+        reading.usage = Some(u.into());
+    }
+    for choice in reply.choices.iter().flatten() {
+        for said in [&choice.message, &choice.delta].into_iter().flatten() {
+            said.count(&mut reading.generated);
+        }
+        if let Some(text) = &choice.text {
+            reading.generated.add(text);
+        }
+    }
+}
+
+/// Reads a whole response body. `None` if it is not a JSON object.
+pub fn read_body(json: &[u8]) -> Option<Reading> {
+    let mut reading = Reading::default();
+    fold(&mut reading, json::parse_reply(json)?);
+    Some(reading)
+}
+
+/// Reads one stream event (`data: [DONE]` and anything unreadable change nothing).
+pub fn read_event(reading: &mut Reading, data: &[u8]) {
+    if let Some(reply) = json::parse_reply(data) {
+        fold(reading, reply);
+    }
+}
+
+/// Finds the usage in the last bytes of a body too large to keep whole: OpenAI-shaped
+/// servers write `usage` last, at the top level.
+pub fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
+    let value = json::value_in_tail(tail, "usage")?;
+    if !value.is_object() {
         return None;
     }
-    let c: UsageCarrier = serde_json::from_slice(json).ok()?;
-    let text_tokens = c.choices.as_deref().map_or(0, |choices| {
-        choices
-            .iter()
-            .map(|ch| {
-                let text = ch
-                    .message
-                    .as_ref()
-                    .and_then(|m| m.content.as_deref())
-                    .or(ch.text.as_deref())
-                    .unwrap_or("");
-                estimate::text_tokens(text)
-            })
-            .sum()
-    });
-    Some(Reading {
-        model: c.model,
-        usage: c.usage.map(Usage::from),
-        text_tokens,
-    })
+    WireUsage::deserialize(value).ok().map(Usage::from)
 }
 
 #[cfg(test)]
 mod tests {
 
     use super::*;
+    use crate::metering::MAX_REPORTED_TOKENS;
 
     fn est(endpoint: Endpoint, body: &str) -> RequestEstimate {
         estimate_request(endpoint, body.as_bytes(), 100).unwrap()
@@ -357,22 +298,19 @@ mod tests {
 
     #[test]
     fn completions_prompt_shapes() {
-        assert_eq!(
-            est(Endpoint::Completions, r#"{"prompt":"abcdefgh"}"#).input_tokens,
-            2
-        );
-        assert_eq!(
-            est(Endpoint::Completions, r#"{"prompt":["abcd","ab"]}"#).input_tokens,
-            2
-        );
-        assert_eq!(
-            est(Endpoint::Completions, r#"{"prompt":[1,2,3]}"#).input_tokens,
-            3
-        );
-        assert_eq!(
-            est(Endpoint::Completions, r#"{"prompt":[[1,2],[3]]}"#).input_tokens,
-            3
-        );
+        for (prompt, tokens) in [
+            (r#""abcdefgh""#, 2),
+            (r#"["abcd","ab"]"#, 2),
+            ("[1,2,3]", 3),
+            ("[[1,2],[3]]", 3),
+        ] {
+            let body = format!(r#"{{"prompt":{prompt}}}"#);
+            assert_eq!(
+                est(Endpoint::Completions, &body).input_tokens,
+                tokens,
+                "{prompt}"
+            );
+        }
         let e = est(
             Endpoint::Completions,
             r#"{"prompt":"x","max_tokens":10,"n":2,"best_of":3}"#,
@@ -393,7 +331,7 @@ mod tests {
     fn odd_field_types_are_ignored() {
         let e = est(
             Endpoint::Chat,
-            r#"{"model":7,"messages":"hi","max_tokens":"lots","n":-1,"stream":"yes"}"#,
+            r#"{"model":7,"messages":"hi","max_tokens":"lots","n":-1,"stream":"perhaps"}"#,
         );
         assert_eq!(e.model, None);
         assert_eq!(e.input_tokens, 0);
@@ -404,6 +342,7 @@ mod tests {
             r#"{"messages":[{"content":null},{"content":5},7]}"#,
         );
         assert_eq!(e.output_tokens, 100);
+        assert!(est(Endpoint::Chat, r#"{"stream":"yes"}"#).stream);
     }
 
     #[test]
@@ -452,7 +391,7 @@ mod tests {
             "usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,
               "prompt_tokens_details":{"cached_tokens":3,"audio_tokens":0},
               "completion_tokens_details":{"reasoning_tokens":4,"audio_tokens":0}}}"#;
-        let r = read_response(body).unwrap();
+        let r = read_body(body).unwrap();
         assert_eq!(r.model.as_deref(), Some("gpt-4o-2024-08-06"));
         assert_eq!(
             r.usage,
@@ -460,19 +399,33 @@ mod tests {
                 input_tokens: 19,
                 output_tokens: 10,
                 cached_input_tokens: Some(3),
+                cache_write_input_tokens: None,
                 reasoning_tokens: Some(4),
             })
         );
-        assert_eq!(r.text_tokens, 2);
+        assert_eq!(r.generated.tokens(), 2);
+    }
+
+    #[test]
+    fn generated_text_of_every_kind_counts() {
+        let mut r = Reading::default();
+        read_event(
+            &mut r,
+            br#"{"choices":[{"delta":{"reasoning_content":"hmm"}},{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"a\":"}}]}}]}"#,
+        );
+        read_event(&mut r, br#"{"choices":[{"text":" once"}]}"#);
+        read_event(&mut r, b"[DONE]");
+        // Three pieces, 13 bytes.
+        assert_eq!(r.generated.tokens(), 4);
+        assert_eq!(r.usage, None);
     }
 
     #[test]
     fn null_usage_and_chunks() {
-        let r =
-            read_response(br#"{"model":"m","choices":[{"delta":{"content":"hi"}}],"usage":null}"#)
-                .unwrap();
+        let r = read_body(br#"{"model":"m","choices":[{"delta":{"content":"hi"}}],"usage":null}"#)
+            .unwrap();
         assert_eq!(r.usage, None);
-        let r = read_response(
+        let r = read_body(
             br#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#,
         )
         .unwrap();
@@ -484,7 +437,7 @@ mod tests {
 
     #[test]
     fn embeddings_usage_has_no_completion_tokens() {
-        let r = read_response(br#"{"object":"list","data":[],"model":"e","usage":{"prompt_tokens":8,"total_tokens":8}}"#).unwrap();
+        let r = read_body(br#"{"object":"list","data":[],"model":"e","usage":{"prompt_tokens":8,"total_tokens":8}}"#).unwrap();
         assert_eq!(
             r.usage.map(|u| (u.input_tokens, u.output_tokens)),
             Some((8, 0))
@@ -493,7 +446,7 @@ mod tests {
 
     #[test]
     fn absurd_usage_is_capped() {
-        let r = read_response(br#"{"usage":{"prompt_tokens":9007199254740993,"completion_tokens":18446744073709551615}}"#).unwrap();
+        let r = read_body(br#"{"usage":{"prompt_tokens":9007199254740993,"completion_tokens":18446744073709551615}}"#).unwrap();
         let u = r.usage.unwrap();
         assert_eq!(
             (u.input_tokens, u.output_tokens),
@@ -504,16 +457,13 @@ mod tests {
     #[test]
     fn usage_that_is_not_an_object_is_not_believed() {
         assert_eq!(
-            read_response(br#"{"choices":[],"usage":[1,0]}"#)
-                .unwrap()
-                .usage,
+            read_body(br#"{"choices":[],"usage":[1,0]}"#).unwrap().usage,
             None
         );
-        assert_eq!(read_response(br#"{"usage":"12"}"#).unwrap().usage, None);
-        let r =
-            read_response(br#"{"usage":{"prompt_tokens":2,"prompt_tokens_details":[5]}}"#).unwrap();
+        assert_eq!(read_body(br#"{"usage":"12"}"#).unwrap().usage, None);
+        let r = read_body(br#"{"usage":{"prompt_tokens":2,"prompt_tokens_details":[5]}}"#).unwrap();
         assert_eq!(r.usage.unwrap().cached_input_tokens, None);
-        assert!(read_response(br#"[{"usage":{"prompt_tokens":1}}]"#).is_none());
+        assert!(read_body(br#"[{"usage":{"prompt_tokens":1}}]"#).is_none());
     }
 
     #[test]
@@ -537,11 +487,11 @@ mod tests {
 
     #[test]
     fn malformed_usage_is_treated_as_absent() {
-        let r = read_response(br#"{"usage":{"prompt_tokens":"many"}}"#).unwrap();
+        let r = read_body(br#"{"usage":{"prompt_tokens":"many"}}"#).unwrap();
         assert_eq!(r.usage, None);
-        let r = read_response(br#"{"usage":{"prompt_tokens":-3,"completion_tokens":1}}"#).unwrap();
+        let r = read_body(br#"{"usage":{"prompt_tokens":-3,"completion_tokens":1}}"#).unwrap();
         assert_eq!(r.usage, None);
-        assert!(read_response(b"not json").is_none());
-        assert!(read_response(b"{\"usage\":{\"prompt_tokens\":1").is_none());
+        assert!(read_body(b"not json").is_none());
+        assert!(read_body(b"{\"usage\":{\"prompt_tokens\":1").is_none());
     }
 }

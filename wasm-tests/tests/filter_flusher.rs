@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use gate::{
     config, send, Gate, Request, Response, ACME, GLOBEX, INFLIGHT_KEY, INGEST_TOKEN, LEASE_KEY,
+    QUEUE,
 };
 use serde_json::{json, Value};
 use wasm_tests::{PendingCall, Status, Vm};
@@ -386,4 +387,77 @@ fn a_full_buffer_under_the_drop_policy_serves_and_counts_the_loss() {
         .host
         .logs_containing("records dropped (record buffer full)")
         .is_empty());
+}
+
+#[test]
+fn the_buffer_is_bounded_in_bytes_too() {
+    let mut cfg = config(&[ACME]);
+    cfg["collector"]["max_buffered_bytes"] = 4096.into();
+    let gate = Gate::start(&cfg, 1);
+    let vm = gate.vm(0);
+
+    // Served requests fill the buffer until its bytes reach the bound; the next is refused.
+    let mut served = 0;
+    loop {
+        let exchange = send(vm, &Request::chat(ACME.key(), 5), &Response::usage(1, 1)).unwrap();
+        if !exchange.admitted() {
+            let reply = exchange.expect_reply();
+            assert_eq!(
+                gate::assert_openai_error(&reply, 503, "server_error"),
+                "usage_recording_unavailable"
+            );
+            break;
+        }
+        served += 1;
+        assert!(served < 100, "the byte bound never refused a request");
+    }
+    assert!(served >= 2, "refused after {served} requests");
+    // The gauge counts exactly the bytes of the records in the queue.
+    let queued_bytes: usize = gate.host.queue_items(QUEUE).iter().map(|r| r.len()).sum();
+    assert_eq!(
+        gate.metric("inference_gate.buffer.bytes"),
+        queued_bytes as u64
+    );
+    assert!(queued_bytes >= 4096);
+    assert_eq!(gate.metric("inference_gate.buffer.records"), 2 * served);
+
+    // Once the collector has the records, both gauges are back at zero and traffic flows.
+    vm.tick().unwrap();
+    let call = one_call(vm);
+    vm.respond_call(call.token, 200, &[], b"{}").unwrap();
+    assert_eq!(gate.metric("inference_gate.buffer.bytes"), 0);
+    assert_eq!(gate.metric("inference_gate.buffer.records"), 0);
+    assert!(
+        send(vm, &Request::chat(ACME.key(), 5), &Response::usage(1, 1))
+            .unwrap()
+            .admitted()
+    );
+}
+
+#[test]
+fn drops_that_follow_a_reported_one_are_reported_on_a_later_tick() {
+    let mut cfg = config(&[ACME]);
+    cfg["collector"]["max_buffered_records"] = 2.into();
+    cfg["collector"]["on_buffer_full"] = json!("drop");
+    let gate = Gate::start(&cfg, 1);
+    let vm = gate.vm(0);
+    let report = "records dropped (record buffer full)";
+
+    send(vm, &Request::chat(ACME.key(), 5), &Response::usage(1, 1)).unwrap();
+    send(vm, &Request::chat(ACME.key(), 5), &Response::usage(1, 1)).unwrap();
+    assert_eq!(gate.host.logs_containing(report).len(), 1);
+    // Within the interval, further drops are counted but not logged one by one...
+    send(vm, &Request::chat(ACME.key(), 5), &Response::usage(1, 1)).unwrap();
+    assert_eq!(gate.metric("inference_gate.records.dropped"), 4);
+    assert_eq!(gate.host.logs_containing(report).len(), 1);
+
+    // ...and reported by a tick once it has passed, with no further traffic.
+    gate.host.advance(Duration::from_secs(11));
+    vm.tick().unwrap();
+    let lines = gate.host.logs_containing(report);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[1].message.starts_with("2 records dropped"),
+        "{lines:?}"
+    );
 }

@@ -296,14 +296,15 @@ fn a_stream_without_usage_is_billed_an_estimate() {
 
     let record = only_billing(&gate);
     assert_eq!(record["usage_source"], "estimated");
-    // The prompt as estimated at admission; one output token per content event seen.
-    assert_eq!(usage_of(&record), (CHAT_PROMPT_ESTIMATE, 3));
+    // The prompt as estimated at admission; the output from the text seen ("Hel", "lo": two
+    // pieces of text, five bytes).
+    assert_eq!(usage_of(&record), (CHAT_PROMPT_ESTIMATE, 2));
     assert_eq!(record["model"], "gpt-test");
     assert_eq!(gate.metric("inference_gate.usage.estimated"), 1);
     // Settlement replaced the reservation (8 + 50) by the estimate.
     assert_eq!(
         gate.bucket("acme").tokens_micro,
-        (CHAT_PROMPT_ESTIMATE + 3) * 1_000_000
+        (CHAT_PROMPT_ESTIMATE + 2) * 1_000_000
     );
 }
 
@@ -444,7 +445,7 @@ fn a_client_that_hangs_up_mid_stream_is_billed_what_was_seen() {
 
     let record = only_billing(&gate);
     assert_eq!(record["usage_source"], "estimated");
-    assert_eq!(usage_of(&record), (CHAT_PROMPT_ESTIMATE, 3));
+    assert_eq!(usage_of(&record), (CHAT_PROMPT_ESTIMATE, 2));
     assert_eq!(gate.audits()[0]["status_code"], 200);
 }
 

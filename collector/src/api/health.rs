@@ -8,6 +8,9 @@ use crate::app::AppState;
 use crate::error::ApiError;
 
 pub async fn healthz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    state.store.ping().await.map_err(ApiError::Unhealthy)?;
+    state.store.ping().await.map_err(|err| {
+        state.metrics.store_error("ping", &err);
+        ApiError::Unhealthy(err)
+    })?;
     Ok(Json(json!({ "status": "ok" })))
 }

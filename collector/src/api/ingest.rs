@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::app::{AppState, MAX_BODY_BYTES};
 use crate::auth::IngestToken;
 use crate::error::ApiError;
+use crate::metrics::BatchResult;
 use crate::records::validate::{parse_batch, BatchError};
 
 /// The answer to a stored batch.
@@ -28,9 +29,13 @@ pub async fn post_records(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Stored>, ApiError> {
-    let body = body.map_err(unreadable_body)?;
+    let body = body.map_err(|rejection| {
+        state.metrics.batch(BatchResult::Invalid);
+        unreadable_body(rejection)
+    })?;
 
     let records = parse_batch(&body).map_err(|err| {
+        state.metrics.batch(BatchResult::Invalid);
         tracing::warn!(reason = %err, bytes = body.len(), "rejected record batch");
         match err {
             BatchError::Json(_) => ApiError::InvalidJson(err.to_string()),
@@ -43,17 +48,25 @@ pub async fn post_records(
     })?;
 
     let received = records.len();
-    let inserted = state.store.insert_batch(records).await?;
+    let inserted = match state.store.insert_batch(records).await {
+        Ok(inserted) => inserted,
+        Err(err) => {
+            state.metrics.batch(BatchResult::Failed);
+            state.metrics.store_error("insert", &err);
+            return Err(err.into());
+        }
+    };
+    state.metrics.stored(&inserted);
     tracing::debug!(
         records = received,
-        accepted = inserted.accepted,
-        duplicates = inserted.duplicates,
+        accepted = inserted.accepted(),
+        duplicates = inserted.duplicates(),
         "stored record batch"
     );
 
     Ok(Json(Stored {
-        accepted: inserted.accepted,
-        duplicates: inserted.duplicates,
+        accepted: inserted.accepted(),
+        duplicates: inserted.duplicates(),
     }))
 }
 

@@ -10,7 +10,7 @@ use crate::app::AppState;
 use crate::auth::AdminToken;
 use crate::error::ApiError;
 use crate::records::{AuditEntry, BillingRecord};
-use crate::store::{AuditQuery, BillingQuery, TimeRange, MAX_LIMIT};
+use crate::store::{AuditQuery, BillingQuery, StoreError, TimeRange, MAX_LIMIT};
 use crate::timestamp::Timestamp;
 
 /// Rows a listing returns when `limit` is not given.
@@ -60,7 +60,8 @@ pub async fn billing(
         range: range(&params)?,
         limit: limit(&params)?,
     };
-    let records = state.store.billing(query).await?;
+    let records = state.store.billing(query).await;
+    let records = observe(&state, "billing", records)?;
     Ok(Json(BillingAnswer { records }))
 }
 
@@ -73,7 +74,8 @@ pub async fn usage(
     let tenant_id = required_tenant(&params)?;
     let range = range(&params)?;
 
-    let usage = state.store.usage(tenant_id.clone(), range).await?;
+    let usage = state.store.usage(tenant_id.clone(), range).await;
+    let usage = observe(&state, "usage", usage)?;
     Ok(Json(UsageAnswer {
         tenant_id,
         from: params.from,
@@ -104,8 +106,21 @@ pub async fn audit(
         range: range(&params)?,
         limit: limit(&params)?,
     };
-    let entries = state.store.audit(query).await?;
+    let entries = state.store.audit(query).await;
+    let entries = observe(&state, "audit", entries)?;
     Ok(Json(AuditAnswer { entries }))
+}
+
+/// Counts a failed store call in the metrics; the error itself is logged when it renders.
+fn observe<T>(
+    state: &AppState,
+    operation: &'static str,
+    result: Result<T, StoreError>,
+) -> Result<T, ApiError> {
+    result.map_err(|err| {
+        state.metrics.store_error(operation, &err);
+        ApiError::Store(err)
+    })
 }
 
 fn read(params: QueryParams) -> Result<Params, ApiError> {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::{AuditQuery, BillingQuery, Inserted, StoreError, TimeRange, Usage};
+use super::{AuditQuery, BillingQuery, Inserted, Kind, StoreError, TimeRange, Usage};
 use crate::records::{AuditEntry, BillingRecord, Record};
 
 /// How long a statement waits for a lock held by another connection before failing.
@@ -87,6 +87,18 @@ impl SqliteStore {
         self.run(Role::Reader, |conn| {
             conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
             Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn delete_before(
+        &self,
+        kind: Kind,
+        before: i64,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        self.run(Role::Writer, move |conn| {
+            write::delete_before(conn, kind, before, limit)
         })
         .await
     }

@@ -6,10 +6,10 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::store::StoreError;
 
 /// The newest schema this code knows. Add a step to `STEPS` to migrate.
-const VERSION: i64 = 1;
+const VERSION: i64 = 2;
 
 /// `STEPS[n]` takes the schema from version `n` to `n + 1`.
-const STEPS: [&str; VERSION as usize] = [V1];
+const STEPS: [&str; VERSION as usize] = [V1, V2];
 
 /// Version 1. `timestamp` is the text as received; `instant_us` is the instant it names in
 /// microseconds since the Unix epoch (UTC), used for ranges and ordering. `received_us` is
@@ -51,6 +51,11 @@ CREATE TABLE audit (
 
 CREATE INDEX audit_by_tenant_time ON audit (tenant_id, instant_us, id);
 CREATE INDEX audit_by_time ON audit (instant_us, id);
+";
+
+/// Version 2: billing by time alone, for the retention job (audit had it from the start).
+const V2: &str = "
+CREATE INDEX billing_by_time ON billing (instant_us, id);
 ";
 
 /// Brings the schema up to [`VERSION`]; refuses a database written by a newer collector.

@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, TransactionBehavior};
 
 use crate::records::{AuditEntry, BillingRecord, Record};
-use crate::store::{Inserted, StoreError};
+use crate::store::{Inserted, Kind, Outcome, StoreError};
 
 // `ON CONFLICT (id) DO NOTHING` rather than `INSERT OR IGNORE`: the latter would also skip a
 // row that breaks a NOT NULL or CHECK constraint and count it as a duplicate.
@@ -37,20 +37,53 @@ pub(super) fn insert_batch(
         let mut billing = tx.prepare_cached(INSERT_BILLING)?;
         let mut audit = tx.prepare_cached(INSERT_AUDIT)?;
         for record in records {
-            let changed = match record {
-                Record::Billing(record) => insert_billing(&mut billing, record, received_us)?,
-                Record::Audit(entry) => insert_audit(&mut audit, entry, received_us)?,
+            let (changed, outcome) = match record {
+                Record::Billing(record) => (
+                    insert_billing(&mut billing, record, received_us)?,
+                    &mut inserted.billing,
+                ),
+                Record::Audit(entry) => (
+                    insert_audit(&mut audit, entry, received_us)?,
+                    &mut inserted.audit,
+                ),
             };
-            if changed == 0 {
-                inserted.duplicates += 1;
-            } else {
-                inserted.accepted += 1;
-            }
+            count(outcome, changed);
         }
     }
     tx.commit()?;
 
     Ok(inserted)
+}
+
+fn count(outcome: &mut Outcome, changed: usize) {
+    if changed == 0 {
+        outcome.duplicates += 1;
+    } else {
+        outcome.accepted += 1;
+    }
+}
+
+/// Deletes at most `limit` rows of `kind` older than `before`, in one short transaction.
+pub(super) fn delete_before(
+    conn: &mut Connection,
+    kind: Kind,
+    before: i64,
+    limit: u32,
+) -> Result<u64, StoreError> {
+    // `rowid` picks the rows through the time index without sorting; the table names are
+    // fixed strings, never input.
+    let sql = match kind {
+        Kind::Billing => {
+            "DELETE FROM billing WHERE rowid IN \
+             (SELECT rowid FROM billing WHERE instant_us < ?1 LIMIT ?2)"
+        }
+        Kind::Audit => {
+            "DELETE FROM audit WHERE rowid IN \
+             (SELECT rowid FROM audit WHERE instant_us < ?1 LIMIT ?2)"
+        }
+    };
+    let deleted = conn.prepare_cached(sql)?.execute(params![before, limit])?;
+    Ok(deleted as u64)
 }
 
 fn insert_billing(
