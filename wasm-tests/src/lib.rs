@@ -4,8 +4,8 @@
 //! the test sets, shared data with compare-and-swap and shared queues seen by several VMs
 //! (Envoy workers), HTTP callouts the test answers, and captured logs, metrics and local
 //! replies. Where a filter could tell the difference (which maps are readable when, body
-//! buffering after a pause, callout failures, cas rules) it does what Envoy does; this
-//! crate's README lists those rules, what is left out, and a full stream example.
+//! buffering after a pause, callout failures, unary gRPC calls, cas rules) it does what Envoy
+//! does; this crate's README lists those rules, what is left out, and a full stream example.
 //!
 //! ```
 //! use std::time::Duration;
@@ -50,7 +50,8 @@ use std::time::SystemTime;
 pub use error::Error;
 pub use host::Host;
 pub use types::{
-    Action, LocalReply, LogEntry, LogLevel, LogSource, MetricType, PendingCall, Status,
+    grpc_status, Action, LocalReply, LogEntry, LogLevel, LogSource, MetricType, PendingCall,
+    PendingGrpcCall, Status,
 };
 pub use vm::{HttpStream, Vm, VmOptions};
 

@@ -172,6 +172,37 @@ impl PendingCall {
     }
 }
 
+/// A unary gRPC call the filter dispatched (`proxy_grpc_call`) that has not been answered,
+/// failed or cancelled yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingGrpcCall {
+    pub token: u32,
+    /// The context that dispatched it; the answer is delivered to it.
+    pub context_id: u32,
+    /// The cluster: the name given, or the `envoy_grpc.cluster_name` of a serialized
+    /// `GrpcService`.
+    pub cluster: String,
+    /// Whether the target came as a serialized `GrpcService` rather than a plain name.
+    pub serialized_service: bool,
+    /// E.g. `envoy.service.ratelimit.v3.RateLimitService`.
+    pub service: String,
+    /// E.g. `ShouldRateLimit`.
+    pub method: String,
+    pub initial_metadata: Vec<(String, String)>,
+    /// The serialized request message.
+    pub message: Vec<u8>,
+    pub timeout: Duration,
+}
+
+/// gRPC status codes the tests use to fail a call as Envoy does.
+pub mod grpc_status {
+    /// Envoy's answer to a call that ran past its timeout.
+    pub const DEADLINE_EXCEEDED: u32 = 4;
+    pub const INTERNAL: u32 = 13;
+    /// Envoy's answer to a call whose cluster has no healthy host, or that could not connect.
+    pub const UNAVAILABLE: u32 = 14;
+}
+
 /// The three metric kinds of the ABI.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MetricType {

@@ -185,6 +185,48 @@ impl VmInner {
         result.map(|_| ())
     }
 
+    /// Ends a pending gRPC call as Envoy does: an answer (`Ok(message)`) through
+    /// `proxy_on_grpc_receive` with the message readable as buffer type 5; a failure
+    /// (`Err((status, message))`) through `proxy_on_grpc_close` with `proxy_get_status`
+    /// reporting it during the callback.
+    pub(super) fn deliver_grpc(
+        &mut self,
+        token: u32,
+        outcome: Result<Vec<u8>, (u32, String)>,
+    ) -> Result<(), Error> {
+        let call = self
+            .store
+            .data_mut()
+            .calls
+            .grpc_pending
+            .remove(&token)
+            .ok_or_else(|| Error::Usage(format!("no pending gRPC call with token {token}")))?;
+        let context = call.context_id;
+        let result = match outcome {
+            Ok(message) => {
+                let size = len_arg(message.len());
+                self.store.data_mut().calls.grpc_response = Some(message);
+                self.invoke(
+                    "proxy_on_grpc_receive",
+                    context,
+                    &[abi(context), abi(token), size],
+                )
+            }
+            Err((status, message)) => {
+                self.store.data_mut().calls.status = (status, message);
+                self.invoke(
+                    "proxy_on_grpc_close",
+                    context,
+                    &[abi(context), abi(token), abi(status)],
+                )
+            }
+        };
+        let state = self.store.data_mut();
+        state.calls.grpc_response = None;
+        state.calls.status = (Status::Ok as u32, String::new());
+        result.map(|_| ())
+    }
+
     fn trapped(&mut self, name: &str, context: u32, err: &wasmi::Error, fuel: u64) -> Error {
         let mut message = err.to_string();
         if err.as_trap_code() == Some(TrapCode::OutOfFuel) {

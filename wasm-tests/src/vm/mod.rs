@@ -12,7 +12,7 @@ use wasmi::Module;
 
 use crate::error::Error;
 use crate::host::Host;
-use crate::types::{LogEntry, PendingCall};
+use crate::types::{LogEntry, PendingCall, PendingGrpcCall};
 
 pub(crate) use instance::{check_module, VmInner};
 pub(crate) use state::{CallResponse, Properties, Shutdown, StreamState, VmState};
@@ -173,6 +173,34 @@ impl Vm {
     /// failure; script those with [`Vm::respond_call`].
     pub fn fail_call(&self, token: u32) -> Result<(), Error> {
         self.lock().deliver_call(token, None)
+    }
+
+    /// Unary gRPC calls dispatched by this VM and not answered, failed or cancelled yet,
+    /// oldest first.
+    pub fn pending_grpc_calls(&self) -> Vec<PendingGrpcCall> {
+        self.lock()
+            .store
+            .data()
+            .calls
+            .grpc_pending
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Answers a gRPC call with `message` (the serialized response), delivered through
+    /// `proxy_on_grpc_receive` to the context that dispatched it.
+    pub fn respond_grpc_call(&self, token: u32, message: &[u8]) -> Result<(), Error> {
+        self.lock().deliver_grpc(token, Ok(message.to_vec()))
+    }
+
+    /// Fails a gRPC call with a gRPC status (see [`crate::grpc_status`]) and message,
+    /// delivered through `proxy_on_grpc_close`, as Envoy ends a call that timed out
+    /// (`DEADLINE_EXCEEDED`), could not reach a healthy host (`UNAVAILABLE`) or that the
+    /// service refused. The harness never times a call out by itself.
+    pub fn fail_grpc_call(&self, token: u32, status: u32, message: &str) -> Result<(), Error> {
+        self.lock()
+            .deliver_grpc(token, Err((status, message.to_owned())))
     }
 
     /// Delivers the `proxy_on_queue_ready` notifications owed to this VM (one per enqueue

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use wasmi::{Memory, TypedFunc};
 
 use crate::host::Host;
-use crate::types::{Action, LocalReply, PendingCall, Status};
+use crate::types::{Action, LocalReply, PendingCall, PendingGrpcCall, Status};
 
 pub(crate) type Headers = Vec<(String, String)>;
 pub(crate) type Properties = BTreeMap<Vec<String>, Vec<u8>>;
@@ -36,6 +36,10 @@ pub(crate) struct Calls {
     pub(crate) last_token: u32,
     pub(crate) pending: BTreeMap<u32, PendingCall>,
     pub(crate) response: Option<CallResponse>,
+    /// Unary gRPC calls waiting for the test; tokens are shared with HTTP callouts.
+    pub(crate) grpc_pending: BTreeMap<u32, PendingGrpcCall>,
+    /// The answer being delivered by `proxy_on_grpc_receive` (buffer type 5).
+    pub(crate) grpc_response: Option<Vec<u8>>,
     /// What `proxy_get_status` reports: Envoy sets `BrokenConnection`/"reset" while a failed
     /// callout is delivered.
     pub(crate) status: (u32, String),
@@ -216,6 +220,8 @@ impl VmState {
                 last_token: 0,
                 pending: BTreeMap::new(),
                 response: None,
+                grpc_pending: BTreeMap::new(),
+                grpc_response: None,
                 status: (0, String::new()),
             },
             shutdown: Shutdown::Running,
@@ -312,8 +318,9 @@ impl VmState {
                     _ => Some(EMPTY),
                 }
             }
-            2 | 3 | 5 | 8 => Some(EMPTY),
+            2 | 3 | 8 => Some(EMPTY),
             4 => self.calls.response.as_ref().map(|r| r.body.as_slice()),
+            5 => Some(self.calls.grpc_response.as_deref().unwrap_or(EMPTY)),
             6 => Some(self.vm_config.as_slice()),
             7 => self.configuring.then_some(self.plugin_config.as_slice()),
             _ => return Err(Status::BadArgument),
@@ -373,7 +380,9 @@ impl VmState {
         loop {
             self.calls.last_token = self.calls.last_token.wrapping_add(1);
             let token = self.calls.last_token;
-            if token != 0 && !self.calls.pending.contains_key(&token) {
+            let taken = self.calls.pending.contains_key(&token)
+                || self.calls.grpc_pending.contains_key(&token);
+            if token != 0 && !taken {
                 return token;
             }
         }

@@ -92,8 +92,8 @@ impl HttpStream {
         result.map(|_| ())
     }
 
-    /// `proxy_on_done` then `proxy_on_delete`. Callouts this stream still awaits are
-    /// cancelled, as Envoy does when the context goes. The stream stays inspectable.
+    /// `proxy_on_done` then `proxy_on_delete`. Callouts and gRPC calls this stream still
+    /// awaits are cancelled, as Envoy does when the context goes. The stream stays inspectable.
     pub fn done(&self) -> Result<(), Error> {
         let mut vm = self.lock();
         live_stream(&mut vm, self.id)?;
@@ -102,6 +102,7 @@ impl HttpStream {
         let id = self.id;
         let state = vm.state_mut();
         state.calls.pending.retain(|_, call| call.context_id != id);
+        state.calls.grpc_pending.retain(|_, call| call.context_id != id);
         if let Some(stream) = state.streams.get_mut(&id) {
             stream.deleted = true;
         }
