@@ -126,9 +126,13 @@ test-rust: wasm saml-vectors
 saml-vectors: deps
 	$(PY) tests/saml/make_vectors.py --check tests/fixtures/saml/vectors
 
+# The global-mode tests (test_global_limits.py) also start Redis (Debian's redis-server; they
+# say they skip without it, unless INFERENCE_GATE_REQUIRE_REDIS=1) and the rate-limit test
+# server.
 test-envoy: deps wasm
-	@cargo build --quiet -p collector -p demo-model
+	@cargo build --quiet -p collector -p demo-model -p ratelimit-test-server
 	COLLECTOR_BIN=$(TEST_BIN_DIR)/collector DEMO_MODEL_BIN=$(TEST_BIN_DIR)/demo-model \
+	RATELIMIT_TEST_SERVER_BIN=$(TEST_BIN_DIR)/ratelimit-test-server \
 	FILTER_WASM=$(WASM) ENVOY_BIN=$(VENV)/bin/envoy \
 		$(PY) -m pytest envoy/tests $(PYTEST_ARGS)
 

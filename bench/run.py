@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -33,6 +34,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import postgres  # noqa: E402
 from processes import Child, answers, free_ports, wait_until  # noqa: E402
+
+import gateway_sections  # noqa: E402
+import latency_global  # noqa: E402
 
 OUT = ROOT / "BENCHMARKS.md"
 TITLE = (
@@ -294,7 +298,16 @@ def measure_service(ctx: Context, bench: Path, collector: Path, database: str, b
 # BENCHMARKS.md, one independent section per benchmark
 
 SECTIONS: dict[str, Callable[[Context], str]] = {
+    # bench/gateway_sections.py: the filter's cost in Envoy beside bare Envoy and the
+    # alternatives, streaming, tenant table scale, the record pipeline, size and start, host
+    # calls.
+    **{
+        name: functools.partial(section, machine=machine)
+        for name, section in gateway_sections.SECTIONS.items()
+    },
     "collector-ingest": collector_ingest,
+    # bench/latency_global.py: global mode's added latency per request.
+    "global-limits": lambda ctx: latency_global.section(ctx, machine),
 }
 
 

@@ -18,7 +18,7 @@ pub fn digest_key(key: &str) -> Digest {
 }
 
 /// Key digests mapped to tenant indexes.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct KeyTable {
     buckets: HashMap<u64, Vec<(Digest, usize)>>,
 }
@@ -32,6 +32,18 @@ impl KeyTable {
         }
         bucket.push((digest, tenant));
         None
+    }
+
+    /// Takes a digest out; returns the tenant that held it.
+    pub fn remove(&mut self, digest: &Digest) -> Option<usize> {
+        let prefix = bucket_of(digest);
+        let bucket = self.buckets.get_mut(&prefix)?;
+        let at = bucket.iter().position(|(d, _)| d == digest)?;
+        let (_, owner) = bucket.swap_remove(at);
+        if bucket.is_empty() {
+            self.buckets.remove(&prefix);
+        }
+        Some(owner)
     }
 
     /// The tenant index that holds `key`, if any.
@@ -201,6 +213,18 @@ mod tests {
         assert_eq!(t.lookup("alpha "), None);
         assert_eq!(t.lookup("Alpha"), None);
         assert_eq!(t.lookup(""), None);
+    }
+
+    #[test]
+    fn a_removed_digest_is_no_longer_found() {
+        let mut t = KeyTable::default();
+        t.insert(digest_key("a"), 0);
+        t.insert(digest_key("b"), 1);
+        assert_eq!(t.remove(&digest_key("a")), Some(0));
+        assert_eq!(t.remove(&digest_key("a")), None);
+        assert_eq!(t.lookup("a"), None);
+        assert_eq!(t.lookup("b"), Some(1));
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

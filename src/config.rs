@@ -54,6 +54,9 @@ struct RawConfig {
     #[serde(default)]
     metering: RawMetering,
     sso: Option<RawSso>,
+    #[serde(default)]
+    limits: RawLimits,
+    registry: Option<crate::registry::RawRegistry>,
 }
 
 #[derive(Deserialize)]
@@ -136,6 +139,48 @@ struct RawRoute {
     api: String,
 }
 
+/// `limits`: where the tenants' limits are kept.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    mode: Option<LimitsMode>,
+    service: Option<RawLimitService>,
+}
+
+/// `limits.service`: the rate-limit service of global mode.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimitService {
+    cluster: String,
+    domain: Option<String>,
+    timeout_ms: Option<u64>,
+    failure_mode: Option<FailureMode>,
+}
+
+/// Where limits are kept.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum LimitsMode {
+    /// In this Envoy's shared data: limits hold across its workers.
+    Local,
+    /// Also in a rate-limit service shared by every Envoy: limits hold across the fleet.
+    Global,
+}
+
+/// What a request gets when the rate-limit service cannot answer in time.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// Let it through (this Envoy's own limits still apply).
+    Allow,
+    /// Refuse it with `503 limiter_unavailable`.
+    Deny,
+}
+
+/// The longest cluster name: its serialized `GrpcService` must stay valid UTF-8 (a length
+/// under 128 is one byte), as the SDK passes it as a string.
+const MAX_SERVICE_CLUSTER_LEN: usize = 120;
+
 /// More routes than anyone writes by hand; each request is matched against all of them.
 const MAX_ROUTES: usize = 256;
 
@@ -189,6 +234,19 @@ pub struct MeteringConfig {
     pub inject_include_usage: bool,
 }
 
+/// Global mode: the rate-limit service every Envoy of the fleet asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalLimits {
+    /// The Envoy cluster of the service (HTTP/2).
+    pub cluster: String,
+    /// The target of `proxy_grpc_call`: a serialized `GrpcService` naming the cluster.
+    pub grpc_service: String,
+    /// The domain of every `ShouldRateLimit` request.
+    pub domain: String,
+    pub timeout_ms: u64,
+    pub failure_mode: FailureMode,
+}
+
 /// A tenant's SAML sign-on: its IdP (from the metadata) and our service-provider settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SamlTenant {
@@ -228,6 +286,12 @@ pub struct Config {
     pub metering: MeteringConfig,
     /// SAML sign-on, if configured.
     pub sso: Option<SsoConfig>,
+    /// Global mode's rate-limit service; `None` in local mode.
+    pub global: Option<GlobalLimits>,
+    /// A `limits.service` given in local mode, where it is not used (said in the log).
+    pub unused_service: bool,
+    /// The collector's tenant registry, polled; `None`: static tenants only.
+    pub registry: Option<crate::registry::RegistryConfig>,
 }
 
 impl Config {
@@ -326,12 +390,19 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     }
 
     let sso = compile_sso(raw.sso, saml, &tenants)?;
+    let unused_service =
+        raw.limits.mode != Some(LimitsMode::Global) && raw.limits.service.is_some();
+    let collector = compile_collector(raw.collector)?;
+    let registry = crate::registry::compile(raw.registry, &collector)?;
     Ok(Config {
         tenants,
         keys,
-        collector: compile_collector(raw.collector)?,
+        collector,
         metering: compile_metering(raw.metering)?,
         sso,
+        global: compile_limits(raw.limits)?,
+        unused_service,
+        registry,
     })
 }
 
@@ -531,6 +602,61 @@ fn compile_collector(c: RawCollector) -> Result<CollectorConfig, ConfigError> {
     })
 }
 
+/// `limits`: `None` in local mode (the default). A `service` given in local mode is checked
+/// all the same but not used, so that switching modes is one field.
+fn compile_limits(raw: RawLimits) -> Result<Option<GlobalLimits>, ConfigError> {
+    let global = raw.mode == Some(LimitsMode::Global);
+    let Some(service) = raw.service else {
+        if global {
+            return Err(ConfigError::new(
+                "limits.service",
+                "global mode needs the rate-limit service: {\"cluster\": ...}",
+            ));
+        }
+        return Ok(None);
+    };
+
+    let cluster = service.cluster;
+    let cluster_ok = !cluster.trim().is_empty()
+        && cluster.len() <= MAX_SERVICE_CLUSTER_LEN
+        && cluster.bytes().all(|b| b.is_ascii_graphic());
+    if !cluster_ok {
+        return Err(ConfigError::new(
+            "limits.service.cluster",
+            format!(
+                "must be 1 to {MAX_SERVICE_CLUSTER_LEN} printable ASCII characters without spaces"
+            ),
+        ));
+    }
+    let domain = service
+        .domain
+        .unwrap_or_else(|| "inference-gate".to_string());
+    let domain_ok =
+        (1..=128).contains(&domain.len()) && domain.bytes().all(|b| b.is_ascii_graphic());
+    if !domain_ok {
+        return Err(ConfigError::new(
+            "limits.service.domain",
+            "must be 1 to 128 printable ASCII characters without spaces",
+        ));
+    }
+    let grpc_service = String::from_utf8(crate::ratelimit::grpc_service(&cluster))
+        .map_err(|_| ConfigError::new("limits.service.cluster", "cannot be encoded"))?;
+    let compiled = GlobalLimits {
+        cluster,
+        grpc_service,
+        domain,
+        timeout_ms: in_range(
+            "limits.service.timeout_ms",
+            service.timeout_ms,
+            50,
+            1,
+            10_000,
+        )?,
+        failure_mode: service.failure_mode.unwrap_or(FailureMode::Allow),
+    };
+    Ok(global.then_some(compiled))
+}
+
 fn compile_metering(m: RawMetering) -> Result<MeteringConfig, ConfigError> {
     Ok(MeteringConfig {
         default_max_tokens: in_range(
@@ -621,7 +747,7 @@ where
     Ok(v)
 }
 
-fn check_tenant_id(id: &str) -> Result<(), String> {
+pub(crate) fn check_tenant_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > MAX_TENANT_ID_LEN {
         return Err(format!("must be 1 to {MAX_TENANT_ID_LEN} characters"));
     }
@@ -634,14 +760,14 @@ fn check_tenant_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_limit(v: u64) -> Result<(), String> {
+pub(crate) fn check_limit(v: u64) -> Result<(), String> {
     if v == 0 || v > MAX_LIMIT {
         return Err(format!("must be between 1 and {MAX_LIMIT}, got {v}"));
     }
     Ok(())
 }
 
-fn parse_digest(s: &str) -> Result<Digest, String> {
+pub(crate) fn parse_digest(s: &str) -> Result<Digest, String> {
     let mut out = [0u8; 32];
     if s.len() != 64 {
         return Err(format!(
@@ -995,6 +1121,87 @@ mod tests {
         let e = err_of(v);
         assert_eq!(e.field, "collector");
         assert!(e.message.contains("ingest_token"), "{e}");
+    }
+
+    #[test]
+    fn limits_are_local_unless_global_is_asked_for() {
+        let c = parse(&minimal()).unwrap();
+        assert_eq!(c.global, None);
+        assert!(!c.unused_service);
+
+        let mut v = minimal();
+        v["limits"] = serde_json::json!({"mode": "local"});
+        assert_eq!(parse(&v).unwrap().global, None);
+
+        // A service in local mode is checked, not used, and said so.
+        v["limits"]["service"] = serde_json::json!({"cluster": "ratelimit"});
+        let c = parse(&v).unwrap();
+        assert_eq!(c.global, None);
+        assert!(c.unused_service);
+
+        v["limits"]["mode"] = "global".into();
+        let c = parse(&v).unwrap();
+        let g = c.global.unwrap();
+        assert_eq!(g.cluster, "ratelimit");
+        assert_eq!(g.domain, "inference-gate");
+        assert_eq!(g.timeout_ms, 50);
+        assert_eq!(g.failure_mode, FailureMode::Allow);
+        assert_eq!(
+            g.grpc_service.as_bytes(),
+            crate::ratelimit::grpc_service("ratelimit")
+        );
+        assert!(!c.unused_service);
+
+        v["limits"]["service"] = serde_json::json!({
+            "cluster": "outbound|8081||ratelimit.rl.svc.cluster.local",
+            "domain": "gw-eu", "timeout_ms": 20, "failure_mode": "deny",
+        });
+        let g = parse(&v).unwrap().global.unwrap();
+        assert_eq!((g.domain.as_str(), g.timeout_ms), ("gw-eu", 20));
+        assert_eq!(g.failure_mode, FailureMode::Deny);
+    }
+
+    #[test]
+    fn limits_fields_are_checked() {
+        let cases = [
+            (serde_json::json!({"mode": "global"}), "limits.service"),
+            (serde_json::json!({"mode": "fleet"}), "limits.mode"),
+            (
+                serde_json::json!({"mode": "global", "service": {"cluster": " "}}),
+                "limits.service.cluster",
+            ),
+            (
+                serde_json::json!({"mode": "global", "service": {"cluster": "x".repeat(121)}}),
+                "limits.service.cluster",
+            ),
+            (
+                serde_json::json!({"mode": "global", "service": {"cluster": "rl", "domain": ""}}),
+                "limits.service.domain",
+            ),
+            (
+                serde_json::json!({"mode": "global", "service": {"cluster": "rl", "timeout_ms": 0}}),
+                "limits.service.timeout_ms",
+            ),
+            (
+                serde_json::json!({"mode": "global", "service": {"cluster": "rl", "failure_mode": "open"}}),
+                "limits.service.failure_mode",
+            ),
+            (
+                serde_json::json!({"mode": "global", "service": {"cluster": "rl", "port": 1}}),
+                "limits.service.port",
+            ),
+            (
+                serde_json::json!({"mode": "global", "service": {}}),
+                "limits.service",
+            ),
+            (serde_json::json!({"modes": "global"}), "limits.modes"),
+        ];
+        for (limits, field) in cases {
+            let mut v = minimal();
+            v["limits"] = limits.clone();
+            let e = err_of(v);
+            assert_eq!(e.field, field, "{limits}: {e}");
+        }
     }
 
     #[test]

@@ -9,11 +9,15 @@
 //! - `config`: the plugin configuration, validated and compiled once;
 //! - `auth`: credential extraction and constant-time key lookup;
 //! - `limits`: sliding-window limits, reservation and settlement, as pure functions of time;
+//! - `ratelimit`: fleet-wide limits through Envoy's rate-limit service protocol (global mode):
+//!   the messages, the answers and the decision;
 //! - `shared`: compare-and-swap updates of state shared by all workers;
 //! - `metering`: per API shape (OpenAI, Anthropic, Ollama), request estimates and usage from
 //!   responses and streams;
 //! - `records`: billing records, audit entries, ids and timestamps;
 //! - `shipper`: the lease-holding flusher that moves records to the collector;
+//! - `registry`: the collector's tenant registry: its snapshot, the merged O(1) tenant
+//!   table, and the lease-holding syncer that polls it;
 //! - `reply`: OpenAI-shaped local replies and rate-limit headers;
 //! - `saml`: SAML 2.0 sign-on: hardened XML, canonicalisation, signatures, assertion rules,
 //!   replay protection and the session token;
@@ -24,7 +28,9 @@ pub mod config;
 pub mod host;
 pub mod limits;
 pub mod metering;
+pub mod ratelimit;
 pub mod records;
+pub mod registry;
 pub mod reply;
 pub mod saml;
 pub mod shared;

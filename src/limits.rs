@@ -186,6 +186,18 @@ pub fn settle(
     Some(next)
 }
 
+/// Gives back a whole reservation (one request and `tokens` tokens) of a request that was
+/// admitted here and then refused elsewhere (the fleet-wide rate-limit service): it never
+/// ran, so it uses nothing. Like a refund, never past full.
+pub fn release(state: BucketState, limits: Limits, now_ns: u64, tokens: u64) -> BucketState {
+    let mut next = state.at(limits, now_ns);
+    next.requests_micro = next.requests_micro.saturating_sub(to_u64(MICRO));
+    next.tokens_micro = next
+        .tokens_micro
+        .saturating_sub(to_u64(u128::from(tokens) * MICRO));
+    next
+}
+
 /// Millionths drained in `elapsed_ns` from a bucket that refills `limit` per window.
 fn drained(elapsed_ns: u64, limit: u64) -> u64 {
     to_u64(u128::from(elapsed_ns) * u128::from(limit) * MICRO / u128::from(WINDOW_NS))
@@ -388,6 +400,17 @@ mod tests {
         let expected = (501 * WINDOW_NS).div_ceil(1000) - S;
         assert!(wait.abs_diff(expected) < 1_000_000, "{wait} vs {expected}");
         assert_eq!(settle(s, L, T0, 5, 5), None);
+    }
+
+    #[test]
+    fn a_released_reservation_is_given_back_whole() {
+        let (s, _, _) = admitted(admit(BucketState::default(), L, T0, 10));
+        let (s, _, _) = admitted(admit(s, L, T0, 600));
+        let s = release(s, L, T0, 600);
+        assert_eq!((s.requests_micro, s.tokens_micro), (1_000_000, 10_000_000));
+        // Never past full: a reservation that has drained on its own gives back nothing more.
+        let s = release(s, L, T0 + WINDOW_NS, 10);
+        assert_eq!((s.requests_micro, s.tokens_micro), (0, 0));
     }
 
     #[test]

@@ -65,6 +65,18 @@ pub fn healthy() -> LocalReply {
     }
 }
 
+/// `/healthz` while the registry drains the fleet: load balancers stop sending here.
+pub fn degraded() -> LocalReply {
+    LocalReply {
+        status: 503,
+        headers: vec![
+            ("content-type", "application/json".to_string()),
+            ("cache-control", "no-store".to_string()),
+        ],
+        body: br#"{"status":"degraded"}"#.to_vec(),
+    }
+}
+
 /// The `429` for a refused request, with `retry-after` and the rate-limit headers.
 pub fn rate_limited(
     refusal: Refusal,

@@ -98,6 +98,7 @@ fn record(n: u64) -> Record {
             path: "/v1/chat/completions".into(),
             remote_addr: Some("10.0.0.1:51234".into()),
             request_id: Some(format!("3f0f1d1e-0000-4000-8000-{n:012}")),
+            actor: None,
         })
     }
 }

@@ -7,10 +7,11 @@ use std::time::Instant;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::api;
+use crate::api::snapshot::SnapshotCache;
 use crate::auth::Tokens;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub store: Store,
     pub tokens: Arc<Tokens>,
     pub metrics: Arc<Metrics>,
+    /// The last tenant snapshot served, rendered.
+    pub snapshots: Arc<SnapshotCache>,
 }
 
 impl AppState {
@@ -33,12 +36,37 @@ impl AppState {
             store,
             tokens: Arc::new(tokens),
             metrics: Arc::new(Metrics::new()),
+            snapshots: Arc::new(SnapshotCache::default()),
         }
     }
 }
 
 pub fn app(state: AppState) -> Router {
+    use api::tenants;
+    // The registry's operator endpoints, each call audited (`api::trail`).
+    let registry = Router::new()
+        .route("/v1/tenants", post(tenants::create).get(tenants::list))
+        .route(
+            "/v1/tenants/{id}",
+            get(tenants::get)
+                .patch(tenants::update)
+                .delete(tenants::delete),
+        )
+        .route("/v1/tenants/{id}/keys", post(tenants::add_key))
+        .route(
+            "/v1/tenants/{id}/keys/{key_id}",
+            delete(tenants::revoke_key),
+        )
+        .route("/v1/health", get(tenants::health).put(tenants::set_health))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            api::trail::audit,
+        ));
+
     Router::new()
+        .merge(registry)
+        // The filter's poll; a path of its own beside `/v1/tenants/{id}`, not audited.
+        .route("/v1/tenants/snapshot", get(api::snapshot::snapshot))
         .route("/v1/records", post(api::ingest::post_records))
         .route("/v1/billing", get(api::query::billing))
         .route("/v1/usage", get(api::query::usage))

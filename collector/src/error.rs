@@ -8,6 +8,8 @@ use axum::Json;
 use serde_json::json;
 use thiserror::Error;
 
+use crate::registry::input::InputError;
+use crate::store::registry::RegistryError;
 use crate::store::StoreError;
 
 #[derive(Debug, Error)]
@@ -20,9 +22,29 @@ pub enum ApiError {
     #[error("{message}")]
     InvalidRecord { message: String, param: String },
 
+    /// A field of a registry request breaks a rule; `param` names it (empty for the body).
+    #[error("{message}")]
+    InvalidParam { message: String, param: String },
+
     /// The body is not JSON; the message carries serde's line and column.
     #[error("{0}")]
     InvalidJson(String),
+
+    #[error("a tenant with the id {0:?} already exists")]
+    TenantExists(String),
+
+    #[error("no tenant with the id {0:?}")]
+    TenantNotFound(String),
+
+    #[error("tenant {tenant:?} has no active key {key_id:?}")]
+    KeyNotFound { tenant: String, key_id: String },
+
+    #[error("tenant {tenant:?} already has {max} active keys; revoke one first")]
+    TooManyKeys { tenant: String, max: u32 },
+
+    /// No new key could be made (the operating system's random source failed).
+    #[error("no randomness for a new key: {0}")]
+    NoRandomness(String),
 
     #[error("missing or invalid bearer token")]
     Unauthorized,
@@ -50,7 +72,11 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest(_)
             | ApiError::InvalidRecord { .. }
+            | ApiError::InvalidParam { .. }
             | ApiError::InvalidJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::TenantExists(_) | ApiError::TooManyKeys { .. } => StatusCode::CONFLICT,
+            ApiError::TenantNotFound(_) | ApiError::KeyNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::NoRandomness(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -64,9 +90,14 @@ impl ApiError {
     /// The `type` and `code` fields of the body.
     fn kind_and_code(&self) -> (&'static str, &'static str) {
         match self {
-            ApiError::InvalidRequest(_) | ApiError::InvalidRecord { .. } => {
-                ("invalid_request_error", "invalid_request")
-            }
+            ApiError::InvalidRequest(_)
+            | ApiError::InvalidRecord { .. }
+            | ApiError::InvalidParam { .. } => ("invalid_request_error", "invalid_request"),
+            ApiError::TenantExists(_) => ("invalid_request_error", "tenant_exists"),
+            ApiError::TenantNotFound(_) => ("invalid_request_error", "tenant_not_found"),
+            ApiError::KeyNotFound { .. } => ("invalid_request_error", "key_not_found"),
+            ApiError::TooManyKeys { .. } => ("invalid_request_error", "too_many_keys"),
+            ApiError::NoRandomness(_) => ("server_error", "internal_error"),
             ApiError::InvalidJson(_) => ("invalid_request_error", "invalid_json"),
             ApiError::Unauthorized => ("invalid_request_error", "invalid_token"),
             ApiError::PayloadTooLarge { .. } => ("invalid_request_error", "request_too_large"),
@@ -87,6 +118,7 @@ impl ApiError {
             }
             ApiError::Unhealthy(_) => "the record store does not answer".to_owned(),
             ApiError::Store(_) => "internal error while accessing the record store".to_owned(),
+            ApiError::NoRandomness(_) => "internal error: no key could be made".to_owned(),
             other => other.to_string(),
         }
     }
@@ -99,10 +131,14 @@ impl IntoResponse for ApiError {
         if let ApiError::Store(err) | ApiError::Unhealthy(err) = &self {
             tracing::error!(error = %err, status = status.as_u16(), "store operation failed");
         }
+        if let ApiError::NoRandomness(reason) = &self {
+            tracing::error!(%reason, "no key made: the random source failed");
+        }
 
         let (kind, code) = self.kind_and_code();
         let param = match &self {
             ApiError::InvalidRecord { param, .. } => Some(param.as_str()),
+            ApiError::InvalidParam { param, .. } if !param.is_empty() => Some(param.as_str()),
             _ => None,
         };
         let body = json!({ "error": {
@@ -115,5 +151,28 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(err: RegistryError) -> Self {
+        match err {
+            RegistryError::TenantExists(id) => ApiError::TenantExists(id),
+            RegistryError::TenantNotFound(id) => ApiError::TenantNotFound(id),
+            RegistryError::KeyNotFound { tenant, key_id } => {
+                ApiError::KeyNotFound { tenant, key_id }
+            }
+            RegistryError::TooManyKeys { tenant, max } => ApiError::TooManyKeys { tenant, max },
+            RegistryError::Store(err) => ApiError::Store(err),
+        }
+    }
+}
+
+impl From<InputError> for ApiError {
+    fn from(err: InputError) -> Self {
+        ApiError::InvalidParam {
+            message: err.message,
+            param: err.param,
+        }
     }
 }

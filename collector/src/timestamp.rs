@@ -3,7 +3,9 @@
 
 use std::fmt;
 
-use chrono::DateTime;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chrono::{DateTime, SecondsFormat};
 use serde::{Serialize, Serializer};
 
 /// Longest timestamp text accepted. RFC 3339 allows any number of fractional digits; a real
@@ -34,6 +36,17 @@ impl Timestamp {
         })
     }
 
+    /// The current time, in UTC to the microsecond.
+    pub fn now() -> Self {
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        Self {
+            text: rfc3339(micros),
+            unix_micros: micros,
+        }
+    }
+
     /// Rebuilds a timestamp from what a store wrote, without parsing it again.
     pub fn from_stored(text: String, unix_micros: i64) -> Self {
         Self { text, unix_micros }
@@ -46,6 +59,14 @@ impl Timestamp {
     pub fn unix_micros(&self) -> i64 {
         self.unix_micros
     }
+}
+
+/// An instant in microseconds since the Unix epoch as RFC 3339 in UTC, e.g.
+/// `2026-12-03T18:07:14.123456Z`.
+pub fn rfc3339(unix_micros: i64) -> String {
+    DateTime::from_timestamp_micros(unix_micros)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 impl fmt::Display for Timestamp {
@@ -75,6 +96,17 @@ mod tests {
         let ts = Timestamp::parse("2026-12-03T18:07:14.123+02:00").unwrap();
         assert_eq!(ts.as_str(), "2026-12-03T18:07:14.123+02:00");
         assert_eq!(ts.unix_micros(), micros("2026-12-03T16:07:14.123Z"));
+    }
+
+    #[test]
+    fn now_and_stored_instants_are_written_in_utc() {
+        assert_eq!(
+            rfc3339(1_764_785_234_123_456),
+            "2025-12-03T18:07:14.123456Z"
+        );
+        let now = Timestamp::now();
+        assert_eq!(Timestamp::parse(now.as_str()), Some(now.clone()));
+        assert!(now.as_str().ends_with('Z'));
     }
 
     #[test]

@@ -23,6 +23,9 @@ fn collector() -> Command {
     command
         .env("RUST_LOG", "info")
         .env_remove("COLLECTOR_ADMIN_TOKEN")
+        .env_remove("COLLECTOR_ADMIN_TOKENS")
+        .env_remove("COLLECTOR_ADMIN_TOKENS_FILE")
+        .env_remove("COLLECTOR_URL")
         .env_remove("COLLECTOR_INGEST_TOKEN")
         .env_remove("COLLECTOR_DATABASE")
         .env_remove("COLLECTOR_BILLING_RETENTION")
@@ -282,7 +285,7 @@ fn refuses_to_start_without_good_tokens() {
         (
             None,
             Some(INGEST),
-            "COLLECTOR_ADMIN_TOKEN is not set or empty",
+            "no admin token: set COLLECTOR_ADMIN_TOKEN",
         ),
         (
             Some(ADMIN),
@@ -529,4 +532,121 @@ fn refuses_retention_periods_that_would_empty_the_database() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("must be at least 1h"), "{stderr}");
+}
+
+/// `collector tenant ...` / `collector health ...` against a running collector: what it
+/// prints (JSON), and what it says on a refusal.
+fn cli(address: &str, args: &[&str], token: &str) -> (bool, Value, String) {
+    let output = collector()
+        .args(args)
+        .env("COLLECTOR_URL", format!("http://{address}"))
+        .env("COLLECTOR_ADMIN_TOKEN", token)
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    (output.status.success(), json, stderr)
+}
+
+#[test]
+fn the_tenant_and_health_commands_drive_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path().join("c.db"));
+    let address = server.address.clone();
+    let run = |args: &[&str]| cli(&address, args, ADMIN);
+
+    let (ok, created, stderr) = run(&[
+        "tenant",
+        "create",
+        "acme",
+        "--rate-limit",
+        "60",
+        "--token-budget",
+        "20000",
+        "--allowed-model",
+        "demo-model",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("shown this once"), "{stderr}");
+    let key = created["api_key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("ig-"));
+    assert_eq!(created["tenant"]["allowed_models"], json!(["demo-model"]));
+
+    let (ok, added, _) = run(&["tenant", "add-key", "acme"]);
+    assert!(ok);
+    let old_key_id = created["key_id"].as_str().unwrap();
+    let (ok, revoked, stderr) = run(&["tenant", "revoke-key", "acme", old_key_id]);
+    assert!(ok, "{stderr}");
+    assert!(revoked["revoked_at"].is_string());
+
+    let (ok, updated, _) = run(&[
+        "tenant",
+        "update",
+        "acme",
+        "--rate-limit",
+        "120",
+        "--suspend",
+        "--all-models",
+    ]);
+    assert!(ok);
+    assert_eq!(updated["rate_limit"], 120);
+    assert_eq!(updated["suspended"], true);
+    assert_eq!(updated["allowed_models"], Value::Null);
+
+    let (ok, shown, _) = run(&["tenant", "get", "acme"]);
+    assert!(ok);
+    assert_eq!(shown["keys"][1]["key_id"], added["key_id"]);
+    assert!(!shown.to_string().contains(&key));
+    let (ok, listed, _) = run(&["tenant", "list", "--limit", "10"]);
+    assert!(ok);
+    assert_eq!(listed["tenants"][0]["id"], "acme");
+
+    let (ok, health, _) = run(&["health", "set", "--healthy", "false"]);
+    assert!(ok);
+    assert_eq!(health["healthy"], false);
+    let (ok, health, _) = run(&["health", "show"]);
+    assert!(ok);
+    assert_eq!(health["healthy"], false);
+
+    // Refusals: the API's error on one line, a failing exit, nothing on stdout.
+    let (ok, out, stderr) = run(&["tenant", "get", "nobody"]);
+    assert!(!ok);
+    assert_eq!(out, Value::Null);
+    assert!(stderr.contains("404 tenant_not_found"), "{stderr}");
+    let (ok, _, stderr) = cli(&address, &["tenant", "list"], "wrong-token-value");
+    assert!(!ok);
+    assert!(stderr.contains("401 invalid_token"), "{stderr}");
+    let (ok, _, stderr) = run(&[
+        "tenant",
+        "create",
+        "bad id",
+        "--rate-limit",
+        "1",
+        "--token-budget",
+        "1",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("400 invalid_request: id:"), "{stderr}");
+
+    let (ok, deleted, _) = run(&["tenant", "delete", "acme"]);
+    assert!(ok);
+    assert_eq!(deleted["deleted"], true);
+
+    // Every call above is in the audit trail, as the operator named `admin`, with the
+    // connection's address.
+    let (status, trail) = exchange(&address, "GET", "/v1/audit", ADMIN, "");
+    assert_eq!(status, 200);
+    let entries = trail["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 12, "{trail}");
+    assert!(entries.iter().all(|e| e["remote_addr"]
+        .as_str()
+        .is_some_and(|a| a.starts_with("127.0.0.1:"))));
+    assert_eq!(entries[0]["actor"], "admin");
+
+    let (ok, _, stderr) = cli("127.0.0.1:1", &["health", "show"], ADMIN);
+    assert!(!ok);
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+    server.kill();
 }

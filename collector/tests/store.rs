@@ -480,7 +480,7 @@ async fn data_survives_a_reopen_and_the_schema_is_versioned() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |row| row.get(0))
         .unwrap();
@@ -508,7 +508,7 @@ async fn a_database_from_a_newer_collector_is_refused() {
         result,
         Err(StoreError::SchemaTooNew {
             found: 99,
-            known: 2
+            known: 3
         })
     ));
 }
@@ -530,7 +530,7 @@ async fn a_postgres_database_from_a_newer_collector_is_refused() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
     client
         .batch_execute("UPDATE collector_schema SET version = 99")
         .await
@@ -541,7 +541,7 @@ async fn a_postgres_database_from_a_newer_collector_is_refused() {
         result,
         Err(StoreError::SchemaTooNew {
             found: 99,
-            known: 1
+            known: 2
         })
     ));
 }

@@ -9,6 +9,12 @@
 //! rate-limit headers and read usage as the body streams past, taking out of a stream what
 //! asking for usage added. Log phase: settle the reservation against the real usage and queue
 //! the billing and audit records.
+//!
+//! In global mode (`global`), a request this Envoy admits also waits for the fleet-wide
+//! rate-limit service before it goes on, and the tokens it used beyond its reservation are
+//! reported to the service.
+
+mod global;
 
 use std::rc::Rc;
 
@@ -23,7 +29,9 @@ use crate::config::{BufferFullPolicy, Tenant};
 use crate::limits::{self, BucketState, Decision, LimitView, Limits};
 use crate::metering::include_usage::{self, UsageStripper};
 use crate::metering::{self, Api, RequestEstimate, ResponseMeter, Usage, MAX_EVENT_BYTES};
+use crate::ratelimit::Pending;
 use crate::records::{self, Audit, AuditResult, Billing, Record, UsageSource};
+use crate::registry::directory::Directory;
 use crate::reply::{self, LocalReply};
 use crate::saml::token::{self, TokenError};
 use crate::saml::{acs, Check};
@@ -73,6 +81,11 @@ pub struct HttpFilter {
     drop_records: bool,
     /// `POST /sso/saml/acs`: answered here, audited as `auth`.
     acs: Option<Acs>,
+    /// Global mode: the rate-limit service's calls this request is waiting for.
+    global: Option<Pending>,
+    /// The tenants in force when the request started; a registry update mid-request does
+    /// not change who it belongs to.
+    directory: Rc<Directory>,
 }
 
 /// What the ACS needs from the request headers, and what came of it.
@@ -84,6 +97,7 @@ struct Acs {
 impl HttpFilter {
     pub fn new(worker: Rc<Worker>, context_id: u32) -> Self {
         HttpFilter {
+            directory: worker.directory(),
             worker,
             context_id,
             started_ns: 0,
@@ -102,11 +116,12 @@ impl HttpFilter {
             stripper: None,
             drop_records: false,
             acs: None,
+            global: None,
         }
     }
 
     fn tenant(&self) -> Option<&Tenant> {
-        self.worker.config.tenant(self.tenant?)
+        self.directory.tenant(self.tenant?)
     }
 
     /// A prefix for log lines: the request id, never anything secret.
@@ -140,7 +155,7 @@ impl HttpFilter {
             }
             Credential::Malformed(why) => return Err(reply::unauthorized("invalid_api_key", why)),
         };
-        if let Some(t) = self.worker.config.keys.lookup(key) {
+        if let Some(t) = self.directory.lookup(key) {
             self.tenant = Some(t);
             return Ok(());
         }
@@ -250,6 +265,59 @@ impl HttpFilter {
         self.reply(outcome.reply)
     }
 
+    /// What the registry says about an authenticated request before it goes anywhere: the
+    /// fleet is draining, or the tenant is suspended.
+    fn refuse_by_registry(&self) -> Option<LocalReply> {
+        if !self.directory.healthy {
+            log::debug!("{} refused: draining", self.who());
+            return Some(reply::error(
+                503,
+                "server_error",
+                "service_draining",
+                "This gateway is draining and takes no new requests. Retry on another.",
+            ));
+        }
+        let entry = self.directory.entry(self.tenant?)?;
+        if entry.suspended {
+            log::info!("{} refused: tenant suspended", self.who());
+            return Some(reply::error(
+                403,
+                "permission_error",
+                "tenant_suspended",
+                "This account is suspended. Contact the service operator.",
+            ));
+        }
+        None
+    }
+
+    /// A tenant with a model allow-list may use only those models; on an inference route a
+    /// request that names none is refused too, since the server would pick one itself.
+    fn refuse_model(&self) -> Option<LocalReply> {
+        let entry = self.directory.entry(self.tenant?)?;
+        entry.allowed_models.as_ref()?;
+        let model = self.estimate.model.as_deref();
+        match model {
+            Some(m) if entry.allows(m) => return None,
+            // Other routes (model lists, health) name no model; only a named one is checked.
+            None if self.api == Api::Other => return None,
+            _ => {}
+        }
+        log::info!("{} refused: model not allowed for the tenant", self.who());
+        let message = match model {
+            Some(m) => format!(
+                "The model '{}' is not available to this account.",
+                clip(m, 128)
+            ),
+            None => "Name a model: this account may use only some models.".to_string(),
+        };
+        Some(reply::error(
+            403,
+            "permission_error",
+            "model_not_allowed",
+            &message,
+        ))
+    }
+
     /// Rewrites the request for the model server: no credentials, the tenant we vouch for,
     /// and no compression, so that usage in the response can be read.
     fn rewrite_request(&self) {
@@ -268,6 +336,9 @@ impl HttpFilter {
         let config = Rc::clone(&self.worker.config);
         self.estimate =
             metering::estimate_request(self.api, body, config.metering.default_max_tokens);
+        if let Some(r) = self.refuse_model() {
+            return self.reply(r);
+        }
 
         let c = &config.collector;
         if self.worker.buffer_full() {
@@ -319,6 +390,9 @@ impl HttpFilter {
                     token_view: tokens,
                 });
                 self.ask_for_stream_usage(body);
+                if config.global.is_some() {
+                    return self.ask_service(cost);
+                }
                 Action::Continue
             }
             Ok(Decision::Refuse {
@@ -497,7 +571,11 @@ impl HttpFilter {
     }
 }
 
-impl Context for HttpFilter {}
+impl Context for HttpFilter {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        self.on_service_answer(token_id, status_code, response_size);
+    }
+}
 
 impl HttpContext for HttpFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -509,6 +587,9 @@ impl HttpContext for HttpFilter {
         let bare_path = self.path.split('?').next().unwrap_or("");
         if bare_path == "/healthz" && (self.method == "GET" || self.method == "HEAD") {
             self.unrecorded = true;
+            if !self.directory.healthy {
+                return self.reply(reply::degraded());
+            }
             return self.reply(reply::healthy());
         }
         if bare_path == acs::PATH {
@@ -517,6 +598,9 @@ impl HttpContext for HttpFilter {
 
         if let Err(r) = self.authenticate() {
             log::debug!("{} unauthorized", self.who());
+            return self.reply(r);
+        }
+        if let Some(r) = self.refuse_by_registry() {
             return self.reply(r);
         }
         self.rewrite_request();
@@ -676,13 +760,16 @@ impl HttpContext for HttpFilter {
             None => (499, AuditResult::Error),
         };
         self.worker.metrics.request(result);
+        self.abandon_service_wait();
 
         let usage = if self.reservation.is_some() {
             self.final_usage()
         } else {
             None
         };
-        self.settle(usage.as_ref().map_or(0, |(u, _, _)| u.total()));
+        let actual = usage.as_ref().map_or(0, |(u, _, _)| u.total());
+        self.settle(actual);
+        self.queue_excess(actual);
 
         let timestamp = records::timestamp(self.started_ns);
         let tenant_id = self.tenant().map(|t| t.id.clone());

@@ -24,6 +24,8 @@ pub struct Metrics {
     buffered_bytes: Option<u32>,
     limiter_contended: Option<u32>,
     usage_estimated: Option<u32>,
+    global_calls: Option<u32>,
+    global_failures: Option<u32>,
 }
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {
@@ -72,6 +74,8 @@ impl Metrics {
             buffered_bytes: define(MetricType::Gauge, "inference_gate.buffer.bytes"),
             limiter_contended: counter("inference_gate.limiter.contended"),
             usage_estimated: counter("inference_gate.usage.estimated"),
+            global_calls: counter("inference_gate.limits.global_calls"),
+            global_failures: counter("inference_gate.limits.global_failures"),
         }
     }
 
@@ -88,6 +92,17 @@ impl Metrics {
 
     pub fn limiter_contended(&self) {
         add(self.limiter_contended, 1);
+    }
+
+    /// A `ShouldRateLimit` call to the rate-limit service (global mode) was attempted.
+    pub fn global_call(&self) {
+        add(self.global_calls, 1);
+    }
+
+    /// A call to the rate-limit service gave no usable answer (not dispatched, timed out,
+    /// a gRPC error, an unreadable answer): the failure mode decided instead.
+    pub fn global_failure(&self) {
+        add(self.global_failures, 1);
     }
 
     pub fn usage_estimated(&self) {

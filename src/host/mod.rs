@@ -2,16 +2,21 @@
 //!
 //! - `root`: one per worker; configuration, the tick, the record shipper;
 //! - `http`: one per request; the request flow from credentials to records;
-//! - `metrics`: the counters exposed as Envoy stats.
+//! - `metrics`: the counters exposed as Envoy stats;
+//! - `ratelimit`: calls to the fleet-wide rate-limit service (global mode);
+//! - `registry`: the tenant registry's syncer, and each worker following its snapshot.
 //!
 //! Host results are never unwrapped: a host call that fails degrades (a header read as
 //! absent, a metric not counted) and is logged where an operator needs to know.
 
 pub mod http;
 pub mod metrics;
+pub mod ratelimit;
+pub mod registry;
 pub mod root;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -20,6 +25,7 @@ use proxy_wasm::types::{BufferType, MapType, Status};
 
 use crate::config::Config;
 use crate::records::{self, IdGen};
+use crate::registry::directory::Directory;
 use crate::shared::{HostError, SharedData, Write};
 use crate::shipper::{Count, ShipperHost};
 use metrics::Metrics;
@@ -37,12 +43,27 @@ pub struct Worker {
     /// that line was written: a flood of drops is logged as one line per interval, not one
     /// per record, and the tick writes the line for drops still unreported.
     pub drops: Cell<(u64, &'static str, u64)>,
+    /// Global mode: tokens used beyond their reservation, by tenant id, not yet reported
+    /// to the rate-limit service (the tick reports them).
+    pub excess: RefCell<BTreeMap<String, u64>>,
+    /// The tenants in force, static and registry; replaced whole when a new registry
+    /// snapshot arrives (see `registry`).
+    pub directory: RefCell<Rc<Directory>>,
 }
 
 /// How often dropped records are reported in the log, at most.
 const DROP_LOG_INTERVAL_NS: u64 = 10_000_000_000;
 
 impl Worker {
+    /// The tenants in force now. A request keeps the one it started with.
+    pub fn directory(&self) -> Rc<Directory> {
+        Rc::clone(&self.directory.borrow())
+    }
+
+    pub fn set_directory(&self, directory: Rc<Directory>) {
+        *self.directory.borrow_mut() = directory;
+    }
+
     /// Counts records that will never reach the collector, and says so in the log.
     pub fn records_dropped(&self, n: u64, why: &'static str) {
         self.metrics

@@ -10,10 +10,13 @@ use proxy_wasm::types::{BufferType, ContextType, MapType};
 
 use super::http::HttpFilter;
 use super::metrics::Metrics;
-use super::{buffer, header, random_u64, Env, Worker, QUEUE_NAME};
+use super::registry::{self, Registry};
+use super::{buffer, header, random_u64, ratelimit, Env, Worker, QUEUE_NAME};
 use crate::config::Config;
 use crate::limits::BucketState;
+use crate::ratelimit::Answer;
 use crate::records::IdGen;
+use crate::registry::directory::Directory;
 use crate::saml;
 use crate::shared;
 use crate::shipper::{Settings, Shipper};
@@ -21,6 +24,7 @@ use crate::shipper::{Settings, Shipper};
 pub struct Root {
     worker: Option<Rc<Worker>>,
     shipper: Option<Shipper>,
+    registry: Option<Registry>,
 }
 
 impl Root {
@@ -28,6 +32,7 @@ impl Root {
         Root {
             worker: None,
             shipper: None,
+            registry: None,
         }
     }
 }
@@ -51,6 +56,11 @@ impl Context for Root {
         body_size: usize,
         _trailers: usize,
     ) {
+        if let (Some(worker), Some(registry)) = (&self.worker, &mut self.registry) {
+            if registry.on_response(worker, token, num_headers, body_size) {
+                return;
+            }
+        }
         let (Some(worker), Some(shipper)) = (&self.worker, &mut self.shipper) else {
             return;
         };
@@ -70,6 +80,18 @@ impl Context for Root {
             Vec::new()
         };
         shipper.on_response(&Env { worker }, token, status, &body);
+    }
+
+    /// The answer to a report of excess tokens (global mode): only a failure matters.
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        let Some(worker) = &self.worker else {
+            return;
+        };
+        if let Answer::Failed(why) = ratelimit::answer(worker, status_code, response_size) {
+            log::warn!(
+                "excess tokens not reported to the rate-limit service (call {token}: {why})"
+            );
+        }
     }
 }
 
@@ -93,6 +115,12 @@ impl RootContext for Root {
         if config.tenants.is_empty() {
             log::warn!("no tenants configured; every request will get 401");
         }
+        if config.unused_service {
+            log::warn!(
+                "limits.service is set but limits.mode is not \"global\": limits hold per Envoy \
+                 and the rate-limit service is not called"
+            );
+        }
 
         let queue = match hostcalls::register_shared_queue(QUEUE_NAME) {
             Ok(q) => Some(q),
@@ -102,12 +130,15 @@ impl RootContext for Root {
             }
         };
 
+        let directory = Rc::new(Directory::from_config(&config));
         let worker = Rc::new(Worker {
             config: Rc::new(config),
             queue,
             metrics: Metrics::define(),
             ids: IdGen::new(random_u64()),
             drops: std::cell::Cell::new((0, "", 0)),
+            excess: Default::default(),
+            directory: std::cell::RefCell::new(directory),
         });
 
         // Create every tenant's counters before traffic can reach them: Envoy stores a
@@ -159,15 +190,26 @@ impl RootContext for Root {
                 max_backoff_ms: c.max_backoff_ms,
             },
         ));
-        if let Err(e) = hostcalls::set_tick_period(Duration::from_millis(c.flush_interval_ms)) {
+        let tick_ms = registry::tick_ms(&worker.config);
+        self.registry = Registry::configure(&worker.config, tick_ms);
+        registry::initial(&worker);
+        if let Err(e) = hostcalls::set_tick_period(Duration::from_millis(tick_ms)) {
             log::error!("tick not set ({e:?}); records would never be sent");
             return false;
         }
         log::info!(
-            "configured tenants={} keys={} collector_cluster={}",
+            "configured tenants={} keys={} collector_cluster={} limits={}",
             worker.config.tenants.len(),
             worker.config.keys.len(),
-            c.cluster
+            c.cluster,
+            worker
+                .config
+                .global
+                .as_ref()
+                .map_or("local".to_string(), |g| format!(
+                    "global cluster={} domain={} timeout_ms={} failure_mode={:?}",
+                    g.cluster, g.domain, g.timeout_ms, g.failure_mode
+                ))
         );
         self.worker = Some(worker);
         true
@@ -177,6 +219,10 @@ impl RootContext for Root {
         if let (Some(worker), Some(shipper)) = (&self.worker, &mut self.shipper) {
             shipper.on_tick(&Env { worker });
             worker.report_drops();
+            ratelimit::report_excess(worker);
+        }
+        if let (Some(worker), Some(registry)) = (&self.worker, &mut self.registry) {
+            registry.on_tick(worker);
         }
     }
 

@@ -30,7 +30,10 @@ fn a_stream_pauses_on_its_grpc_call_and_resumes_on_the_answer() {
     assert_eq!(call.context_id, stream.id());
     assert_eq!(call.cluster, "ratelimit");
     assert!(!call.serialized_service);
-    assert_eq!((call.service.as_str(), call.method.as_str()), ("echo.Echo", "Ask"));
+    assert_eq!(
+        (call.service.as_str(), call.method.as_str()),
+        ("echo.Echo", "Ask")
+    );
     assert_eq!(call.message, b"ask");
     assert_eq!(call.timeout, Duration::from_millis(40));
     assert_eq!(
@@ -52,7 +55,10 @@ fn a_serialized_grpc_service_names_its_cluster() {
     let (_, vm) = echo_vm("cluster=outbound|8081||ratelimit.ns.svc.cluster.local");
     get(&vm, "/grpc-service", &[]);
     let call = vm.pending_grpc_calls().pop().unwrap();
-    assert_eq!(call.cluster, "outbound|8081||ratelimit.ns.svc.cluster.local");
+    assert_eq!(
+        call.cluster,
+        "outbound|8081||ratelimit.ns.svc.cluster.local"
+    );
     assert!(call.serialized_service);
 }
 

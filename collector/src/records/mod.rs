@@ -61,6 +61,10 @@ pub struct AuditEntry {
     pub path: String,
     pub remote_addr: Option<String>,
     pub request_id: Option<String>,
+    /// Who acted, for the collector's own entries of registry calls: the name of the admin
+    /// token presented. Left out of the JSON when absent (the filter's entries have none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
 }
 
 /// A closed set of wire strings: the enum, its text both ways, and its JSON form.

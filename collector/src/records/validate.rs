@@ -113,6 +113,7 @@ impl<'a> Fields<'a> {
             path: self.string("path", 0, 2048)?.to_owned(),
             remote_addr: self.optional_string("remote_addr", 128)?,
             request_id: self.optional_string("request_id", 256)?,
+            actor: self.optional_string("actor", 128)?,
         })
     }
 

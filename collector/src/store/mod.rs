@@ -13,6 +13,7 @@
 //! returned `Ok` has been committed durably.
 
 pub mod postgres;
+pub mod registry;
 pub mod sqlite;
 
 use std::fmt;

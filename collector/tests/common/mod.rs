@@ -48,6 +48,7 @@ pub fn audit(id: &str, tenant: Option<&str>, timestamp: &str) -> AuditEntry {
         path: "/v1/chat/completions".into(),
         remote_addr: Some("127.0.0.1:5000".into()),
         request_id: Some("req-1".into()),
+        actor: None,
     }
 }
 

@@ -102,7 +102,10 @@ impl HttpStream {
         let id = self.id;
         let state = vm.state_mut();
         state.calls.pending.retain(|_, call| call.context_id != id);
-        state.calls.grpc_pending.retain(|_, call| call.context_id != id);
+        state
+            .calls
+            .grpc_pending
+            .retain(|_, call| call.context_id != id);
         if let Some(stream) = state.streams.get_mut(&id) {
             stream.deleted = true;
         }

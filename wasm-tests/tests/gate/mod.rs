@@ -7,6 +7,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
+pub mod rls;
+
 use std::sync::OnceLock;
 
 use serde_json::{json, Value};

@@ -123,7 +123,13 @@ fn optional_fields_may_be_absent_or_null() {
     };
     assert_eq!((bill.model, bill.cached_input_tokens), (None, None));
 
-    for field in ["tenant_id", "resource", "remote_addr", "request_id"] {
+    for field in [
+        "tenant_id",
+        "resource",
+        "remote_addr",
+        "request_id",
+        "actor",
+    ] {
         let Record::Audit(entry) = accepts(with(audit(), field, Value::Null)) else {
             panic!("not audit")
         };
@@ -402,6 +408,7 @@ fn optional_strings_have_length_limits() {
         (audit(), "request_id", 256),
         (audit(), "resource", 256),
         (audit(), "remote_addr", 128),
+        (audit(), "actor", 128),
     ];
     for (record, field, max) in cases {
         let too_long = format!("records[0].{field}: must be at most {max} characters");

@@ -15,6 +15,7 @@
 //! it (`sslmode=require`) is refused at startup with a message that says so.
 
 mod read;
+mod registry;
 mod schema;
 mod write;
 
@@ -25,8 +26,10 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
+use super::registry::{NewKey, RegistryError};
 use super::{AuditQuery, BillingQuery, Inserted, Kind, StoreError, TimeRange, Usage};
 use crate::records::{AuditEntry, BillingRecord, Record};
+use crate::registry::{KeyRecord, NewTenant, RegistryState, Snapshot, TenantPatch, TenantRecord};
 
 /// How long a call waits for a free connection, and how long a new connection may take.
 const POOL_WAIT: Duration = Duration::from_secs(10);
@@ -125,6 +128,96 @@ impl PostgresStore {
     ) -> Result<u64, StoreError> {
         let client = self.client().await?;
         write::delete_before(&client, kind, before, limit).await
+    }
+
+    pub(super) async fn create_tenant(
+        &self,
+        tenant: NewTenant,
+        key: NewKey,
+        audit: AuditEntry,
+    ) -> Result<TenantRecord, RegistryError> {
+        let mut client = self.client().await?;
+        registry::create_tenant(&mut client, &tenant, &key, &audit).await
+    }
+
+    pub(super) async fn tenant(&self, id: String) -> Result<Option<TenantRecord>, StoreError> {
+        let client = self.client().await?;
+        registry::tenant(&client, &id).await
+    }
+
+    pub(super) async fn tenants(
+        &self,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<TenantRecord>, StoreError> {
+        let client = self.client().await?;
+        registry::tenants(&client, after.as_deref(), limit).await
+    }
+
+    pub(super) async fn update_tenant(
+        &self,
+        id: String,
+        patch: TenantPatch,
+        audit: AuditEntry,
+    ) -> Result<TenantRecord, RegistryError> {
+        let mut client = self.client().await?;
+        registry::update_tenant(&mut client, &id, &patch, &audit).await
+    }
+
+    pub(super) async fn delete_tenant(
+        &self,
+        id: String,
+        audit: AuditEntry,
+    ) -> Result<(), RegistryError> {
+        let mut client = self.client().await?;
+        registry::delete_tenant(&mut client, &id, &audit).await
+    }
+
+    pub(super) async fn add_key(
+        &self,
+        tenant: String,
+        key: NewKey,
+        audit: AuditEntry,
+    ) -> Result<KeyRecord, RegistryError> {
+        let mut client = self.client().await?;
+        registry::add_key(&mut client, &tenant, &key, &audit).await
+    }
+
+    pub(super) async fn revoke_key(
+        &self,
+        tenant: String,
+        key_id: String,
+        audit: AuditEntry,
+    ) -> Result<KeyRecord, RegistryError> {
+        let mut client = self.client().await?;
+        registry::revoke_key(&mut client, &tenant, &key_id, &audit).await
+    }
+
+    pub(super) async fn set_healthy(
+        &self,
+        healthy: bool,
+        audit: AuditEntry,
+    ) -> Result<RegistryState, StoreError> {
+        let mut client = self.client().await?;
+        registry::set_healthy(&mut client, healthy, &audit).await
+    }
+
+    pub(super) async fn registry_state(&self) -> Result<RegistryState, StoreError> {
+        let client = self.client().await?;
+        registry::state(&client).await
+    }
+
+    pub(super) async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let mut client = self.client().await?;
+        registry::snapshot(&mut client).await
+    }
+
+    pub(super) async fn import_tenants(
+        &self,
+        tenants: Vec<(NewTenant, Vec<NewKey>)>,
+    ) -> Result<RegistryState, StoreError> {
+        let mut client = self.client().await?;
+        registry::import_tenants(&mut client, &tenants).await
     }
 
     /// Closes the pool: later calls fail with [`StoreError::Closed`], and each connection in

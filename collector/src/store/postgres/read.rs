@@ -23,7 +23,7 @@ const USAGE: &str = "
 
 const AUDIT_COLUMNS: &str = "
     SELECT id, timestamp, instant_us, tenant_id, action, result, resource, status_code,
-           method, path, remote_addr, request_id
+           method, path, remote_addr, request_id, actor
     FROM audit";
 
 pub(super) async fn billing(
@@ -110,6 +110,7 @@ fn audit_row(row: &Row) -> Result<AuditEntry, StoreError> {
         path: row.try_get(9)?,
         remote_addr: row.try_get(10)?,
         request_id: row.try_get(11)?,
+        actor: row.try_get(12)?,
     })
 }
 

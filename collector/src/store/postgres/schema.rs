@@ -8,10 +8,10 @@ use deadpool_postgres::Object;
 use crate::store::StoreError;
 
 /// The newest schema this code knows. Add a step to `STEPS` to migrate.
-const VERSION: i64 = 1;
+const VERSION: i64 = 2;
 
 /// `STEPS[n]` takes the schema from version `n` to `n + 1`.
-const STEPS: [&str; VERSION as usize] = [V1];
+const STEPS: [&str; VERSION as usize] = [V1, V2];
 
 /// Any constant both collectors agree on: the key of the advisory lock held while migrating.
 const MIGRATION_LOCK: i64 = 0x6967_6174_6500_0001;
@@ -57,6 +57,41 @@ CREATE TABLE audit (
 
 CREATE INDEX audit_by_tenant_time ON audit (tenant_id, instant_us, id);
 CREATE INDEX audit_by_time ON audit (instant_us, id);
+"#;
+
+/// Version 2: the tenant registry and the operator behind an audit entry, as in the SQLite
+/// backend (its version 3). Changes to the registry take the row lock of `registry` first,
+/// so that concurrent changes from several collectors get one version each, in order.
+const V2: &str = r#"
+ALTER TABLE audit ADD COLUMN actor text;
+
+CREATE TABLE registry (
+    singleton integer PRIMARY KEY CHECK (singleton = 1),
+    version   bigint NOT NULL,
+    healthy   boolean NOT NULL
+);
+
+INSERT INTO registry (singleton, version, healthy) VALUES (1, 0, true);
+
+CREATE TABLE tenants (
+    id             text COLLATE "C" PRIMARY KEY,
+    rate_limit     bigint NOT NULL CHECK (rate_limit > 0),
+    token_budget   bigint NOT NULL CHECK (token_budget > 0),
+    suspended      boolean NOT NULL,
+    allowed_models text,
+    created_us     bigint NOT NULL,
+    updated_us     bigint NOT NULL
+);
+
+CREATE TABLE tenant_keys (
+    key_id     text COLLATE "C" PRIMARY KEY,
+    tenant_id  text COLLATE "C" NOT NULL REFERENCES tenants (id),
+    sha256     text NOT NULL UNIQUE,
+    created_us bigint NOT NULL,
+    revoked_us bigint
+);
+
+CREATE INDEX tenant_keys_by_tenant ON tenant_keys (tenant_id, created_us);
 "#;
 
 /// Brings the schema up to [`VERSION`]; refuses a database written by a newer collector.

@@ -28,11 +28,11 @@ const INSERT_BILLING: &str = "
 const INSERT_AUDIT: &str = "
     INSERT INTO audit (
         id, timestamp, instant_us, tenant_id, action, result, resource, status_code,
-        method, path, remote_addr, request_id, received_us
+        method, path, remote_addr, request_id, actor, received_us
     )
-    SELECT r.*, $13::bigint FROM unnest(
+    SELECT r.*, $14::bigint FROM unnest(
         $1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
-        $8::integer[], $9::text[], $10::text[], $11::text[], $12::text[]
+        $8::integer[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[]
     ) AS r
     ORDER BY 1
     ON CONFLICT (id) DO NOTHING";
@@ -173,7 +173,7 @@ impl BillingColumns {
 }
 
 #[derive(Default)]
-struct AuditColumns {
+pub(super) struct AuditColumns {
     rows: u64,
     id: Vec<String>,
     timestamp: Vec<String>,
@@ -187,10 +187,11 @@ struct AuditColumns {
     path: Vec<String>,
     remote_addr: Vec<Option<String>>,
     request_id: Vec<Option<String>>,
+    actor: Vec<Option<String>>,
 }
 
 impl AuditColumns {
-    fn push(&mut self, entry: &AuditEntry) {
+    pub(super) fn push(&mut self, entry: &AuditEntry) {
         self.rows += 1;
         self.id.push(entry.id.clone());
         self.timestamp.push(entry.timestamp.as_str().to_owned());
@@ -204,9 +205,10 @@ impl AuditColumns {
         self.path.push(entry.path.clone());
         self.remote_addr.push(entry.remote_addr.clone());
         self.request_id.push(entry.request_id.clone());
+        self.actor.push(entry.actor.clone());
     }
 
-    async fn insert(
+    pub(super) async fn insert(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
         received_us: i64,
@@ -228,6 +230,7 @@ impl AuditColumns {
                     &self.path,
                     &self.remote_addr,
                     &self.request_id,
+                    &self.actor,
                     &received_us,
                 ],
             )
@@ -241,7 +244,7 @@ fn integer(count: u64, field: &str) -> Result<i64, StoreError> {
     i64::try_from(count).map_err(|_| StoreError::OutOfRange(format!("{field} = {count}")))
 }
 
-fn now_us() -> i64 {
+pub(super) fn now_us() -> i64 {
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();

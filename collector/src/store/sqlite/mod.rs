@@ -7,6 +7,7 @@
 //! checks do not queue behind inserts.
 
 mod read;
+mod registry;
 mod schema;
 mod write;
 
@@ -16,8 +17,10 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+use super::registry::{NewKey, RegistryError};
 use super::{AuditQuery, BillingQuery, Inserted, Kind, StoreError, TimeRange, Usage};
 use crate::records::{AuditEntry, BillingRecord, Record};
+use crate::registry::{KeyRecord, NewTenant, RegistryState, Snapshot, TenantPatch, TenantRecord};
 
 /// How long a statement waits for a lock held by another connection before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -103,6 +106,110 @@ impl SqliteStore {
         .await
     }
 
+    pub(super) async fn create_tenant(
+        &self,
+        tenant: NewTenant,
+        key: NewKey,
+        audit: AuditEntry,
+    ) -> Result<TenantRecord, RegistryError> {
+        self.run(Role::Writer, move |conn| {
+            registry::create_tenant(conn, &tenant, &key, &audit)
+        })
+        .await
+    }
+
+    pub(super) async fn tenant(&self, id: String) -> Result<Option<TenantRecord>, StoreError> {
+        self.run(Role::Reader, move |conn| registry::tenant(conn, &id))
+            .await
+    }
+
+    pub(super) async fn tenants(
+        &self,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<TenantRecord>, StoreError> {
+        self.run(Role::Reader, move |conn| {
+            registry::tenants(conn, after.as_deref(), limit)
+        })
+        .await
+    }
+
+    pub(super) async fn update_tenant(
+        &self,
+        id: String,
+        patch: TenantPatch,
+        audit: AuditEntry,
+    ) -> Result<TenantRecord, RegistryError> {
+        self.run(Role::Writer, move |conn| {
+            registry::update_tenant(conn, &id, &patch, &audit)
+        })
+        .await
+    }
+
+    pub(super) async fn delete_tenant(
+        &self,
+        id: String,
+        audit: AuditEntry,
+    ) -> Result<(), RegistryError> {
+        self.run(Role::Writer, move |conn| {
+            registry::delete_tenant(conn, &id, &audit)
+        })
+        .await
+    }
+
+    pub(super) async fn add_key(
+        &self,
+        tenant: String,
+        key: NewKey,
+        audit: AuditEntry,
+    ) -> Result<KeyRecord, RegistryError> {
+        self.run(Role::Writer, move |conn| {
+            registry::add_key(conn, &tenant, &key, &audit)
+        })
+        .await
+    }
+
+    pub(super) async fn revoke_key(
+        &self,
+        tenant: String,
+        key_id: String,
+        audit: AuditEntry,
+    ) -> Result<KeyRecord, RegistryError> {
+        self.run(Role::Writer, move |conn| {
+            registry::revoke_key(conn, &tenant, &key_id, &audit)
+        })
+        .await
+    }
+
+    pub(super) async fn set_healthy(
+        &self,
+        healthy: bool,
+        audit: AuditEntry,
+    ) -> Result<RegistryState, StoreError> {
+        self.run(Role::Writer, move |conn| {
+            registry::set_healthy(conn, healthy, &audit)
+        })
+        .await
+    }
+
+    pub(super) async fn registry_state(&self) -> Result<RegistryState, StoreError> {
+        self.run(Role::Reader, |conn| registry::state(conn)).await
+    }
+
+    pub(super) async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.run(Role::Reader, registry::snapshot).await
+    }
+
+    pub(super) async fn import_tenants(
+        &self,
+        tenants: Vec<(NewTenant, Vec<NewKey>)>,
+    ) -> Result<RegistryState, StoreError> {
+        self.run(Role::Writer, move |conn| {
+            registry::import_tenants(conn, &tenants)
+        })
+        .await
+    }
+
     pub(super) async fn close(&self) -> Result<(), StoreError> {
         let connections = Arc::clone(&self.connections);
         tokio::task::spawn_blocking(move || {
@@ -119,13 +226,14 @@ impl SqliteStore {
     }
 
     /// Runs `operation` on the blocking pool with the connection of `role`.
-    async fn run<T, F>(&self, role: Role, operation: F) -> Result<T, StoreError>
+    async fn run<T, E, F>(&self, role: Role, operation: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
     {
         let connections = Arc::clone(&self.connections);
-        tokio::task::spawn_blocking(move || {
+        let outcome = tokio::task::spawn_blocking(move || {
             let slot = match role {
                 Role::Writer => &connections.writer,
                 Role::Reader => &connections.reader,
@@ -134,7 +242,8 @@ impl SqliteStore {
             let conn = guard.as_mut().ok_or(StoreError::Closed)?;
             operation(conn)
         })
-        .await?
+        .await;
+        outcome.unwrap_or_else(|err| Err(StoreError::from(err).into()))
     }
 }
 

@@ -27,7 +27,7 @@ const USAGE: &str = "
 
 const AUDIT_COLUMNS: &str = "
     SELECT id, timestamp, instant_us, tenant_id, action, result, resource, status_code,
-           method, path, remote_addr, request_id
+           method, path, remote_addr, request_id, actor
     FROM audit";
 
 pub(super) fn billing(
@@ -113,6 +113,7 @@ fn audit_row(row: &Row<'_>) -> rusqlite::Result<AuditEntry> {
         path: row.get(9)?,
         remote_addr: row.get(10)?,
         request_id: row.get(11)?,
+        actor: row.get(12)?,
     })
 }
 

@@ -16,11 +16,11 @@ const INSERT_BILLING: &str = "
     ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
     ON CONFLICT (id) DO NOTHING";
 
-const INSERT_AUDIT: &str = "
+pub(super) const INSERT_AUDIT: &str = "
     INSERT INTO audit (
         id, timestamp, instant_us, tenant_id, action, result, resource, status_code,
-        method, path, remote_addr, request_id, received_us
-    ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+        method, path, remote_addr, request_id, received_us, actor
+    ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
     ON CONFLICT (id) DO NOTHING";
 
 /// Stores `records` in one transaction; on any error it rolls back and nothing is stored.
@@ -114,7 +114,7 @@ fn insert_billing(
     ])?)
 }
 
-fn insert_audit(
+pub(super) fn insert_audit(
     statement: &mut rusqlite::CachedStatement<'_>,
     entry: &AuditEntry,
     received_us: i64,
@@ -133,6 +133,7 @@ fn insert_audit(
         entry.remote_addr,
         entry.request_id,
         received_us,
+        entry.actor,
     ])?)
 }
 
@@ -141,7 +142,7 @@ fn integer(count: u64, field: &str) -> Result<i64, StoreError> {
     i64::try_from(count).map_err(|_| StoreError::OutOfRange(format!("{field} = {count}")))
 }
 
-fn now_us() -> i64 {
+pub(super) fn now_us() -> i64 {
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
