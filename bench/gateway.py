@@ -23,6 +23,7 @@ charged to it.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -371,6 +372,7 @@ def envoy_config(
     servers: Servers,
     plugin: dict,
     tenants: int = 10,
+    keycheck_extra: str = "",
 ) -> dict:
     config = render_envoy_config(
         ports=Ports(listener, admin, servers.collector_port, servers.upstream_port),
@@ -406,7 +408,7 @@ def envoy_config(
         vm = wasm["typed_config"]["config"]
         vm["name"] = vm["root_id"] = vm["vm_config"]["vm_id"] = "keycheck"
         vm["vm_config"]["code"]["local"]["filename"] = str(KEYCHECK_WASM)
-        vm["configuration"]["value"] = "".join(
+        vm["configuration"]["value"] = keycheck_extra + "".join(
             f"{key_of(i)} {tenant_of(i)}\n" for i in range(tenants)
         )
         hcm["http_filters"] = [wasm, router]
@@ -477,6 +479,7 @@ class Envoy:
         *,
         plugin: dict | None = None,
         tenants: int = 10,
+        keycheck_extra: str = "",
         name: str | None = None,
         log_level: str = "warning",
         component_log_level: str | None = None,
@@ -492,6 +495,7 @@ class Envoy:
             servers=servers,
             plugin=plugin,
             tenants=tenants,
+            keycheck_extra=keycheck_extra,
         )
         path = workdir / f"envoy-{self.name}.json"
         path.write_text(json.dumps(config))
@@ -564,6 +568,28 @@ class Envoy:
         )
         with urllib.request.urlopen(request, timeout=30) as r:
             return r.status, r.read()
+
+    def send_as_wrk(
+        self, key: str, headers: dict[str, str] | None = None, body: str = CHAT_BODY
+    ) -> int:
+        """One request with exactly the headers wrk sends (urllib adds its own), for the
+        host calls section's trace: the filter's host calls depend on the headers present."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.listener, timeout=30)
+        try:
+            connection.putrequest("POST", CHAT_PATH, skip_accept_encoding=True)
+            for name, value in {
+                "content-type": "application/json",
+                "authorization": f"Bearer {key}",
+                **(headers or {}),
+                "content-length": str(len(body.encode())),
+            }.items():
+                connection.putheader(name, value)
+            connection.endheaders(body.encode())
+            response = connection.getresponse()
+            response.read()
+            return response.status
+        finally:
+            connection.close()
 
 
 def stop_all(children: list) -> None:

@@ -37,6 +37,7 @@ from processes import Child, answers, free_ports, wait_until  # noqa: E402
 
 import gateway_sections  # noqa: E402
 import latency_global  # noqa: E402
+import registry_scale  # noqa: E402
 
 OUT = ROOT / "BENCHMARKS.md"
 TITLE = (
@@ -308,6 +309,8 @@ SECTIONS: dict[str, Callable[[Context], str]] = {
     "collector-ingest": collector_ingest,
     # bench/latency_global.py: global mode's added latency per request.
     "global-limits": lambda ctx: latency_global.section(ctx, machine),
+    # bench/registry_scale.py: the tenant registry at 100,000 tenants.
+    "registry-scale": lambda ctx: registry_scale.section(ctx, machine),
 }
 
 

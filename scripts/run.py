@@ -182,6 +182,7 @@ def print_banner(the_stack: Stack, plugin_config: dict) -> None:
         f"  curl -s '{collector}/v1/usage?tenant_id={sample_tenant}' "
         f"-H {shlex.quote(f'Authorization: Bearer {the_stack.admin_token}')}",
         "",
+        *registry_lines(the_stack, plugin_config),
         "with the official openai SDK (pip install openai):",
         "  from openai import OpenAI",
         f'  client = OpenAI(base_url="{gateway}/v1", api_key="{sample_key}")',
@@ -191,6 +192,30 @@ def print_banner(the_stack: Stack, plugin_config: dict) -> None:
         "",
     ]
     print("\n".join(lines), flush=True)
+
+
+def registry_lines(the_stack: Stack, plugin_config: dict) -> list[str]:
+    """How to add a tenant over the collector's API, when the filter follows the registry."""
+    registry = plugin_config.get("registry")
+    if not isinstance(registry, dict):
+        return []
+    seconds = registry.get("interval_ms", 5000) / 1000
+    collector = Path(the_stack.collector.argv[0])
+    if collector.is_relative_to(Path.cwd()):
+        collector = collector.relative_to(Path.cwd())
+    url = (
+        ""
+        if the_stack.ports.collector == Ports().collector
+        else f" --url {the_stack.collector_url}"
+    )
+    return [
+        f"tenant registry (the filter polls the collector every {seconds:g} s): add a tenant, "
+        "use its key",
+        f"  export COLLECTOR_ADMIN_TOKEN={shlex.quote(the_stack.admin_token)}",
+        f"  {shlex.quote(str(collector))} tenant{url} create my-tenant --rate-limit 60 "
+        "--token-budget 20000",
+        "",
+    ]
 
 
 def _demo_key(tenant: dict) -> str | None:

@@ -155,6 +155,7 @@ struct RawLimitService {
     domain: Option<String>,
     timeout_ms: Option<u64>,
     failure_mode: Option<FailureMode>,
+    send_limits: Option<bool>,
 }
 
 /// Where limits are kept.
@@ -245,6 +246,8 @@ pub struct GlobalLimits {
     pub domain: String,
     pub timeout_ms: u64,
     pub failure_mode: FailureMode,
+    /// Each descriptor carries the tenant's limit as an override (envoyproxy/ratelimit).
+    pub send_limits: bool,
 }
 
 /// A tenant's SAML sign-on: its IdP (from the metadata) and our service-provider settings.
@@ -653,6 +656,7 @@ fn compile_limits(raw: RawLimits) -> Result<Option<GlobalLimits>, ConfigError> {
             10_000,
         )?,
         failure_mode: service.failure_mode.unwrap_or(FailureMode::Allow),
+        send_limits: service.send_limits.unwrap_or(true),
     };
     Ok(global.then_some(compiled))
 }

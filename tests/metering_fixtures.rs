@@ -124,7 +124,8 @@ fn split<'a>(body: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
 }
 
 fn bill_of(f: &Fixture, chunks: &[&[u8]]) -> Option<Bill> {
-    let estimate = metering::estimate_request(f.api, &f.request(), DEFAULT_MAX_TOKENS);
+    let estimate = metering::estimate_request(f.api, "POST", &f.request(), DEFAULT_MAX_TOKENS)
+        .unwrap_or_else(|e| panic!("{}: {e}", f.name));
     let mut meter = ResponseMeter::new(f.api, Some(f.content_type()), None, 1 << 20);
     for c in chunks {
         meter.feed(c);

@@ -83,6 +83,7 @@ fn record(n: u64) -> Record {
             api: "openai_chat".into(),
             usage_source: UsageSource::Reported,
             cached_input_tokens: Some(0),
+            cache_write_input_tokens: None,
             reasoning_tokens: None,
         })
     } else {

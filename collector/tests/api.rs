@@ -88,7 +88,7 @@ fn billing(id: &str, tenant: &str, timestamp: &str, input: u64, output: u64) -> 
         "kind": "billing", "id": id, "tenant_id": tenant, "input_tokens": input,
         "output_tokens": output, "timestamp": timestamp, "model": "demo-model",
         "request_id": null, "api": "openai_chat", "usage_source": "reported",
-        "cached_input_tokens": 0, "reasoning_tokens": null
+        "cached_input_tokens": 0, "cache_write_input_tokens": null, "reasoning_tokens": null
     })
 }
 
@@ -171,10 +171,35 @@ backend_tests! {
 
     async fn a_missing_records_field_is_a_400(db) {
         let h = harness(db);
-        let answer = h.post_records(Some(INGEST), r#"{"items": []}"#).await;
+        let answer = h.post_records(Some(INGEST), r#"{}"#).await;
         let message = error_message(&answer, StatusCode::BAD_REQUEST, "invalid_request");
         assert_eq!(message, "records: is required");
         assert_eq!(answer.body["error"]["param"], serde_json::Value::Null);
+    }
+
+    async fn unknown_fields_and_clockless_timestamps_are_a_400_and_nothing_is_stored(db) {
+        let h = harness(db);
+        let good = billing("b1", "acme", "2026-12-03T18:00:00Z", 1, 1);
+        let mut misspelt = billing("b2", "acme", "2026-12-03T18:00:00Z", 1, 1);
+        misspelt["output_token"] = json!(5);
+        let answer = h.post_records(Some(INGEST), batch(vec![good.clone(), misspelt])).await;
+        let message = error_message(&answer, StatusCode::BAD_REQUEST, "invalid_request");
+        assert!(message.contains("unknown field \"output_token\""), "{message}");
+        assert_eq!(answer.body["error"]["param"], "records[1]");
+
+        let epoch = billing("b3", "acme", "1970-01-01T00:00:00Z", 1, 1);
+        let answer = h.post_records(Some(INGEST), batch(vec![good.clone(), epoch])).await;
+        let message = error_message(&answer, StatusCode::BAD_REQUEST, "invalid_request");
+        assert!(message.contains("before 2020"), "{message}");
+        assert_eq!(answer.body["error"]["param"], "records[1].timestamp");
+
+        let ahead = billing("b4", "acme", "2999-01-01T00:00:00Z", 1, 1);
+        let answer = h.post_records(Some(INGEST), batch(vec![ahead])).await;
+        let message = error_message(&answer, StatusCode::BAD_REQUEST, "invalid_request");
+        assert!(message.contains("ahead of the collector's clock"), "{message}");
+
+        let stored = h.get("/v1/billing?tenant_id=acme", Some(ADMIN)).await;
+        assert_eq!(stored.body, json!({ "records": [] }), "nothing partly stored");
     }
 
     async fn more_than_ten_thousand_records_is_a_400(db) {
@@ -279,6 +304,48 @@ backend_tests! {
             .get("/v1/billing?tenant_id=acme&limit=1", Some(ADMIN))
             .await;
         assert_eq!(answer.body["records"].as_array().unwrap().len(), 1);
+    }
+
+    async fn billing_returns_cache_writes_as_ingested(db) {
+        let h = harness(db);
+        let mut written = billing("b1", "acme", "2026-12-03T18:00:00Z", 2103, 40);
+        written["api"] = json!("anthropic_messages");
+        written["cached_input_tokens"] = json!(2000);
+        written["cache_write_input_tokens"] = json!(100);
+        let mut absent = billing("b2", "acme", "2026-12-03T18:00:01Z", 1, 1);
+        absent.as_object_mut().unwrap().remove("cache_write_input_tokens");
+
+        let body = batch(vec![written.clone(), absent]);
+        let first = h.post_records(Some(INGEST), body.clone()).await;
+        assert_eq!(first.body, json!({ "accepted": 2, "duplicates": 0 }));
+        let again = h.post_records(Some(INGEST), body).await;
+        assert_eq!(again.body, json!({ "accepted": 0, "duplicates": 2 }));
+
+        let answer = h.get("/v1/billing?tenant_id=acme", Some(ADMIN)).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        written.as_object_mut().unwrap().remove("kind");
+        assert_eq!(answer.body["records"][0], written);
+        // Left out at ingest, it is there as null, like the other details.
+        let second = &answer.body["records"][1];
+        assert_eq!(second["cache_write_input_tokens"], Value::Null, "{second}");
+        assert!(second.as_object().unwrap().contains_key("cache_write_input_tokens"));
+        assert_eq!(answer.body["records"].as_array().unwrap().len(), 2);
+
+        let answer = h
+            .post_records(
+                Some(INGEST),
+                batch(vec![{
+                    let mut bad = billing("b3", "acme", "2026-12-03T18:00:02Z", 1, 1);
+                    bad["cache_write_input_tokens"] = json!(-1);
+                    bad
+                }]),
+            )
+            .await;
+        let message = error_message(&answer, StatusCode::BAD_REQUEST, "invalid_request");
+        assert_eq!(
+            message,
+            "records[0].cache_write_input_tokens: must be a non-negative integer"
+        );
     }
 
     async fn billing_honours_from_and_to(db) {

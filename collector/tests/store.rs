@@ -109,6 +109,40 @@ backend_tests! {
         assert_eq!(store.audit(query).await.unwrap(), vec![sent_entry]);
     }
 
+    async fn cache_reads_and_writes_come_back_apart(db) {
+        let store = &db.store;
+        // Anthropic's usage: 3 fresh input tokens, 2000 read from the cache, 100 written.
+        let mut written = billing("b1", "acme", "2026-12-03T18:00:00Z", 2103, 40);
+        written.api = "anthropic_messages".into();
+        written.cached_input_tokens = Some(2000);
+        written.cache_write_input_tokens = Some(100);
+        let mut zero = billing("b2", "acme", "2026-12-03T18:00:01Z", 5, 1);
+        zero.cache_write_input_tokens = Some(0);
+        let none = billing("b3", "acme", "2026-12-03T18:00:02Z", 5, 1);
+        let batch = vec![
+            Record::Billing(written.clone()),
+            Record::Billing(zero.clone()),
+            Record::Billing(none.clone()),
+        ];
+
+        let first = store.insert_batch(batch.clone()).await.unwrap();
+        assert_eq!((first.accepted(), first.duplicates()), (3, 0));
+        // A retry with another figure for a stored id changes nothing: the first one stands.
+        let mut retried = batch;
+        if let Record::Billing(record) = &mut retried[0] {
+            record.cache_write_input_tokens = Some(7);
+        }
+        let second = store.insert_batch(retried).await.unwrap();
+        assert_eq!((second.accepted(), second.duplicates()), (0, 3));
+
+        let query = BillingQuery {
+            tenant_id: "acme".into(),
+            range: TimeRange::default(),
+            limit: 10,
+        };
+        assert_eq!(store.billing(query).await.unwrap(), vec![written, zero, none]);
+    }
+
     async fn from_is_inclusive_and_to_is_exclusive(db) {
         let store = &db.store;
         let batch = vec![
@@ -480,7 +514,7 @@ async fn data_survives_a_reopen_and_the_schema_is_versioned() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |row| row.get(0))
         .unwrap();
@@ -508,7 +542,7 @@ async fn a_database_from_a_newer_collector_is_refused() {
         result,
         Err(StoreError::SchemaTooNew {
             found: 99,
-            known: 3
+            known: 4
         })
     ));
 }
@@ -530,7 +564,7 @@ async fn a_postgres_database_from_a_newer_collector_is_refused() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     client
         .batch_execute("UPDATE collector_schema SET version = 99")
         .await
@@ -541,7 +575,7 @@ async fn a_postgres_database_from_a_newer_collector_is_refused() {
         result,
         Err(StoreError::SchemaTooNew {
             found: 99,
-            known: 2
+            known: 3
         })
     ));
 }

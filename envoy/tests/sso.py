@@ -35,14 +35,21 @@ def saml_entry() -> dict:
     return {"idp_metadata": metadata, "sp_entity_id": SP, "acs_url": ACS}
 
 
-def response(subject: str, *, attacker: bool = False) -> bytes:
-    """A response issued now, the assertion and the response signed; with the attacker's
-    key (its certificate in KeyInfo) if `attacker`."""
+def response(
+    subject: str,
+    *,
+    attacker: bool = False,
+    issued: dt.datetime | None = None,
+    lifetime: dt.timedelta = dt.timedelta(minutes=5),
+) -> bytes:
+    """A response issued now (or at `issued`), valid for `lifetime`, the assertion and the
+    response signed; with the attacker's key (its certificate in KeyInfo) if `attacker`."""
     login = samlgen.Login(
         idp_entity_id=IDP,
         sp_entity_id=SP,
         acs_url=ACS,
-        issued=dt.datetime.now(dt.UTC).replace(microsecond=0),
+        issued=issued or dt.datetime.now(dt.UTC).replace(microsecond=0),
+        lifetime=lifetime,
         subject=subject,
         email=subject,
         response_id="_r-" + secrets.token_hex(8),

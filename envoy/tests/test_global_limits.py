@@ -32,10 +32,18 @@ TENANTS = {
     "g-tokens": ("sk-g-tokens-0123456789abcdef", 1000, 1000),
     "g-outage": ("sk-g-outage-0123456789abcdef", 1000, 1_000_000),
     "g-timeout": ("sk-g-timeout-0123456789abcdef", 1000, 1_000_000),
+    # Not in the service's limits file: its limits reach the service only as the descriptors'
+    # overrides (`send_limits`), as a registry tenant's would.
+    "g-override": ("sk-g-override-0123456789abcdef", 7, 1_000_000),
 }
+UNLISTED = {"g-override"}
 # The two Envoys that share budgets: a service that fails refuses (`deny`), and the timeout is
 # long enough that a loaded machine cannot turn a slow answer into a refusal.
-SHARED = {"timeout_ms": 1000, "failure_mode": "deny"}
+# They send no limits, so the service decides on its own limits file, as Limitador does.
+SHARED = {"timeout_ms": 1000, "failure_mode": "deny", "send_limits": False}
+# Two more that send each tenant's limits as overrides (the default), for a service that
+# honours them, as envoyproxy/ratelimit does.
+OVERRIDING = {"timeout_ms": 1000, "failure_mode": "deny"}
 # The third Envoy's service never answers: `allow` after 50 ms.
 HANGING = {"timeout_ms": 50, "failure_mode": "allow"}
 
@@ -48,7 +56,8 @@ class Bed:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.redis = gl.Redis(workdir)
-        limits = gl.limitador_limits({t: (r, k) for t, (_, r, k) in TENANTS.items()})
+        listed = {t: (r, k) for t, (_, r, k) in TENANTS.items() if t not in UNLISTED}
+        limits = gl.limitador_limits(listed)
         self.ratelimit = gl.RateLimitServer(SERVER_BIN, workdir, self.redis, limits)
         self.silent = gl.Silent()
         collector_port, model_port = stack.free_ports(2)
@@ -88,8 +97,10 @@ class Bed:
 
         self.a = envoy("envoy-a", SHARED, self.ratelimit.port)
         self.b = envoy("envoy-b", SHARED, self.ratelimit.port)
+        self.c = envoy("envoy-c", OVERRIDING, self.ratelimit.port)
+        self.d = envoy("envoy-d", OVERRIDING, self.ratelimit.port)
         self.hanging = envoy("envoy-hanging", HANGING, self.silent.port)
-        self.envoys = [self.a, self.b, self.hanging]
+        self.envoys = [self.a, self.b, self.c, self.d, self.hanging]
 
     def start(self) -> None:
         self.redis.start()
@@ -175,6 +186,35 @@ def test_two_envoys_share_one_request_limit_exactly(bed):
             assert_retry_after(response)
             assert response.int_header("x-ratelimit-limit-requests") == limit
     assert bed.failures(bed.a, bed.b) == 0, "every call was answered"
+
+
+def test_limits_sent_as_overrides_hold_across_envoys_with_no_service_configuration(bed):
+    """A tenant the service's file does not know, as a tenant created in the registry would
+    be: its limit travels in each descriptor, and two Envoys still let exactly that many
+    through. Without the override the service would know no limit for it and each Envoy would
+    let its whole limit through."""
+    tenant = "g-override"
+    limit = TENANTS[tenant][1]
+    responses = burst([bed.c, bed.d], tenant, 3 * limit, max_tokens=5)
+    statuses = Counter(r.status for r in responses)
+    assert statuses == {200: limit, 429: 2 * limit}, statuses
+    for response in responses:
+        if response.status == 429:
+            assert_openai_error(response, 429, "rate_limit_exceeded")
+            assert response.int_header("x-ratelimit-limit-requests") == limit
+    assert bed.failures(bed.c, bed.d) == 0, "every call was answered"
+
+
+def test_without_overrides_a_tenant_the_service_does_not_know_is_limited_per_envoy(bed):
+    """The same tenant through the Envoys that send no limits: the service has no limit for
+    it, so only each Envoy's own bucket holds, and two Envoys let twice the limit through.
+    This is why `send_limits` is on by default."""
+    tenant = "g-override"
+    limit = TENANTS[tenant][1]
+    responses = burst([bed.a, bed.b], tenant, 3 * limit, max_tokens=5)
+    statuses = Counter(r.status for r in responses)
+    assert statuses == {200: 2 * limit, 429: limit}, statuses
+    assert bed.failures(bed.a, bed.b) == 0
 
 
 def test_two_envoys_share_one_token_budget_exactly_and_nothing_is_refunded(bed):

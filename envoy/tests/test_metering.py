@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from support import CHAT, MODEL, assert_ratelimit_headers, poll
+from support import CHAT, MODEL, assert_openai_error, assert_ratelimit_headers, poll
 
 LONG = " ".join(f"word{i}, and more;" for i in range(600))
 
@@ -264,3 +264,35 @@ def test_a_disguised_path_is_metered_as_what_the_model_server_sees(
         seen["prompt_tokens"],
         seen["completion_tokens"],
     )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "demo-model", "stream": true, "temperature": NaN, "messages": []}',
+        b'{"model": "demo-model", "stream": true, "\\ud800": 1, "messages": []}',
+        b'{"model": "demo-model", "stream": true, "top_p": 1e999, "messages": []}',
+        b'{"model": "demo-model", "stream": true, "messages": [], "x": '
+        + b"[" * 200
+        + b"]" * 200
+        + b"}",
+    ],
+    ids=["nan", "lone-surrogate", "1e999", "deep"],
+)
+def test_a_body_the_filter_cannot_read_is_refused_before_the_model(
+    gateway, collector, demo_log, tenants, body
+):
+    """Python servers take these, serde_json does not: the gateway could neither ask such a
+    stream for its usage nor size it, so it refuses it and the model never sees it."""
+    assert json.loads(body) is not None  # Python reads it
+    tenant = tenants["basic"]
+    response = gateway.request("POST", CHAT, key=tenant.key, body=body)
+    error = assert_openai_error(response, 400, "invalid_json")
+    assert error["type"] == "invalid_request_error", error
+    assert "demo-model" not in error["message"] and "messages" not in error["message"], error
+    request_id = response.request_id
+    assert request_id, response
+    entry = collector.wait_audit(tenant.id, {request_id})[request_id]
+    assert (entry["status_code"], entry["result"]) == (400, "error"), entry
+    assert not [e for e in demo_log.entries() if e.get("request_id") == request_id]
+    assert request_id not in {r["request_id"] for r in collector.billing(tenant.id)}

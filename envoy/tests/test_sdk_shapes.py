@@ -56,6 +56,7 @@ def test_anthropic_message(anthropic_client, replay_collector, replay_tenants):
         usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens
     )
     assert record["cached_input_tokens"] == usage.cache_read_input_tokens
+    assert record["cache_write_input_tokens"] == usage.cache_creation_input_tokens
     assert record["output_tokens"] == usage.output_tokens
     assert record["usage_source"] == "reported"
 
@@ -74,6 +75,7 @@ def test_anthropic_stream(anthropic_client, replay_collector, replay_tenants):
     record = billed(replay_collector, replay_tenants, request_id)
     usage = final.usage
     assert record["input_tokens"] == usage.input_tokens + usage.cache_creation_input_tokens
+    assert record["cache_write_input_tokens"] == usage.cache_creation_input_tokens
     assert record["output_tokens"] == usage.output_tokens == 15
     assert record["usage_source"] == "reported"
 

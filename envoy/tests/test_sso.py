@@ -1,6 +1,7 @@
 """SAML sign-on through a real Envoy: an IdP-initiated response posted to the ACS gives a
 session token; the token is accepted on the inference route, billed and audited under the
-tenant; a replayed or forged response is refused; no token shows in a log or a record."""
+tenant; a replayed or forged response is refused; no token shows in a log or a record; an
+assertion issued too long ago is refused whatever its NotOnOrAfter says."""
 
 from __future__ import annotations
 
@@ -79,3 +80,12 @@ def test_sign_on_then_inference_with_the_session_token(the_stack, gateway, colle
     for where, text in places.items():
         for what, secret in (("token", token), ("token secret", sso.TOKEN_SECRET)):
             assert secret not in text, f"the {what} is in the {where}"
+
+
+def test_an_old_assertion_is_refused_however_long_it_claims_to_be_valid(gateway):
+    # Issued ten minutes ago and valid for ten years by its own word: more than five minutes
+    # (plus the skew) after its IssueInstant, the gateway refuses it.
+    issued = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=10)
+    stale = sso.response("dave@example.com", issued=issued, lifetime=dt.timedelta(days=3650))
+    error = assert_openai_error(post(gateway, sso.form(stale)), 401, "saml_expired")
+    assert "(IssueInstant)" in error["message"], error

@@ -13,6 +13,13 @@
 //! request's otherwise (0 meaning 1), as envoyproxy/ratelimit does; the answer carries one
 //! status per descriptor with the limit, what remains of it and when its window resets.
 //!
+//! A descriptor that carries a limit override (`RateLimitDescriptor.limit`) is decided on
+//! that limit alone, the configured ones set aside, as envoyproxy/ratelimit does: this server
+//! adds, on first sight, a Limitador limit of that size and window whose counters are kept
+//! per value of each of the descriptor's entries (Limitador's `variables`). A different size
+//! is a different limit with counters of its own, so a changed override starts from zero
+//! here (envoyproxy/ratelimit keeps counting under the same key).
+//!
 //! Decisions are taken one at a time. Limitador's Redis storage reads the counters and then
 //! increments them (two round trips), so two concurrent calls could both see room for the
 //! last unit; one at a time, the tests can expect the limit to hold exactly. (A Limitador
@@ -31,7 +38,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use clap::Parser;
-use limitador::limit::{Context, Limit, Namespace};
+use limitador::limit::{Context, Expression, Limit, Namespace};
 use limitador::storage::redis::AsyncRedisStorage;
 use limitador::AsyncRateLimiter;
 use tokio::sync::Mutex;
@@ -173,9 +180,14 @@ async fn should_rate_limit(
             .iter()
             .map(|e| (e.key.clone(), e.value.clone()))
             .collect();
+        let keys: Vec<String> = descriptor.entries.iter().map(|e| e.key.clone()).collect();
         let mut ctx = Context::default();
         ctx.list_binding("descriptors".to_string(), vec![entries]);
 
+        let namespace = match descriptor.limit {
+            Some(limit) => override_namespace(limiter, &request.domain, limit, &keys)?,
+            None => namespace.clone(),
+        };
         let result = limiter
             .check_rate_limited_and_update(&namespace, &ctx, hits)
             .await
@@ -187,6 +199,52 @@ async fn should_rate_limit(
         response.statuses.push(status);
     }
     Ok(response)
+}
+
+/// The namespace of an override's limit, added to the limiter the first time it is seen: one
+/// namespace per size and window, its counters kept per value of each entry.
+fn override_namespace(
+    limiter: &AsyncRateLimiter,
+    domain: &str,
+    limit: proto::RateLimitOverride,
+    keys: &[String],
+) -> Result<Namespace, Status> {
+    let seconds = match limit.unit {
+        unit::SECOND => 1,
+        unit::MINUTE => 60,
+        unit::HOUR => 3600,
+        unit::DAY => 86_400,
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "limit override: unit {other} is not served"
+            )))
+        }
+    };
+    if keys.is_empty()
+        || keys
+            .iter()
+            .any(|k| k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+    {
+        return Err(Status::invalid_argument(
+            "limit override: entry keys must be non-empty [A-Za-z0-9_]",
+        ));
+    }
+    let namespace = Namespace::from(
+        format!("{domain}/override/{}/{seconds}", limit.requests_per_unit).as_str(),
+    );
+    let variables = keys
+        .iter()
+        .map(|k| Expression::parse(format!("descriptors[0].{k}")))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Status::invalid_argument(format!("limit override: {e}")))?;
+    limiter.add_limit(Limit::new(
+        namespace.clone(),
+        u64::from(limit.requests_per_unit),
+        seconds,
+        [],
+        variables,
+    ));
+    Ok(namespace)
 }
 
 /// The status of one descriptor: its most restrictive counter, or OK with no limit when no

@@ -20,6 +20,9 @@ pub struct RateLimitRequest {
 pub struct RateLimitDescriptor {
     #[prost(message, repeated, tag = "1")]
     pub entries: Vec<Entry>,
+    /// `RateLimitOverride limit = 2`: a limit that replaces the configured ones.
+    #[prost(message, optional, tag = "2")]
+    pub limit: Option<RateLimitOverride>,
     /// `google.protobuf.UInt64Value hits_addend = 3`: this descriptor's own hits.
     #[prost(message, optional, tag = "3")]
     pub hits_addend: Option<UInt64Value>,
@@ -31,6 +34,15 @@ pub struct Entry {
     pub key: String,
     #[prost(string, tag = "2")]
     pub value: String,
+}
+
+/// `RateLimitDescriptor.RateLimitOverride`.
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct RateLimitOverride {
+    #[prost(uint32, tag = "1")]
+    pub requests_per_unit: u32,
+    #[prost(int32, tag = "2")]
+    pub unit: i32,
 }
 
 /// `google.protobuf.UInt64Value`.

@@ -334,8 +334,15 @@ impl HttpFilter {
     /// Reserves the request and its estimated tokens, or answers why not.
     fn admit(&mut self, body: &[u8]) -> Action {
         let config = Rc::clone(&self.worker.config);
-        self.estimate =
-            metering::estimate_request(self.api, body, config.metering.default_max_tokens);
+        let d = config.metering.default_max_tokens;
+        self.estimate = match metering::estimate_request(self.api, &self.method, body, d) {
+            Ok(estimate) => estimate,
+            Err(bad) => {
+                log::debug!("{} refused: {bad}", self.who());
+                let r = reply::error(400, "invalid_request_error", bad.code(), &bad.message());
+                return self.reply(r);
+            }
+        };
         if let Some(r) = self.refuse_model() {
             return self.reply(r);
         }

@@ -43,9 +43,10 @@ pub struct Worker {
     /// that line was written: a flood of drops is logged as one line per interval, not one
     /// per record, and the tick writes the line for drops still unreported.
     pub drops: Cell<(u64, &'static str, u64)>,
-    /// Global mode: tokens used beyond their reservation, by tenant id, not yet reported
+    /// Global mode: tokens used beyond their reservation (and the tenant's token budget), by
+    /// tenant id, not yet reported
     /// to the rate-limit service (the tick reports them).
-    pub excess: RefCell<BTreeMap<String, u64>>,
+    pub excess: RefCell<BTreeMap<String, (u64, u64)>>,
     /// The tenants in force, static and registry; replaced whole when a new registry
     /// snapshot arrives (see `registry`).
     pub directory: RefCell<Rc<Directory>>,

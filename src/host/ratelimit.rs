@@ -15,16 +15,19 @@ use super::Worker;
 use crate::config::GlobalLimits;
 use crate::ratelimit::{self, Answer, Kind};
 
-/// Asks the service for `hits` of one limit of a tenant; the token of the call.
+/// Asks the service for `hits` of one limit of a tenant whose limit of that kind is `limit`
+/// per minute; the token of the call.
 pub fn dispatch(
     worker: &Worker,
     global: &GlobalLimits,
     tenant: &str,
     kind: Kind,
     hits: u64,
+    limit: u64,
 ) -> Result<u32, Status> {
     worker.metrics.global_call();
-    let message = ratelimit::request(&global.domain, tenant, kind, hits);
+    let limit = global.send_limits.then_some(limit);
+    let message = ratelimit::request(&global.domain, tenant, kind, hits, limit);
     hostcalls::dispatch_grpc_call(
         &global.grpc_service,
         ratelimit::SERVICE,
@@ -61,8 +64,8 @@ pub fn report_excess(worker: &Worker) {
         return;
     };
     let excess = std::mem::take(&mut *worker.excess.borrow_mut());
-    for (tenant, tokens) in excess {
-        if let Err(e) = dispatch(worker, global, &tenant, Kind::Tokens, tokens) {
+    for (tenant, (tokens, budget)) in excess {
+        if let Err(e) = dispatch(worker, global, &tenant, Kind::Tokens, tokens, budget) {
             worker.metrics.global_failure();
             log::warn!(
                 "tenant={tenant} excess of {tokens} tokens not reported to the rate-limit service ({e:?})"

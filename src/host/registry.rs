@@ -176,13 +176,16 @@ impl Registry {
         if !self.syncer.holds_call(token) {
             return false;
         }
-        // No headers at all: the call failed before a response (reset, timeout).
-        let status = if num_headers == 0 {
-            None
+        // No headers at all: the call failed before a response (reset, timeout). There is no
+        // header map then, and the SDK panics on reading one that is missing: read none.
+        let (status, etag) = if num_headers == 0 {
+            (None, None)
         } else {
-            header(MapType::HttpCallResponseHeaders, ":status").and_then(|s| s.parse().ok())
+            (
+                header(MapType::HttpCallResponseHeaders, ":status").and_then(|s| s.parse().ok()),
+                header(MapType::HttpCallResponseHeaders, "etag"),
+            )
         };
-        let etag = header(MapType::HttpCallResponseHeaders, "etag").filter(|_| num_headers > 0);
         let body = if status == Some(200) {
             hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
                 .ok()
@@ -245,9 +248,19 @@ pub fn follow(worker: &Worker) {
     if current.version == worker.directory().version {
         return;
     }
+    let started = now_ns();
     match published_snapshot(&env) {
         Some(snapshot) if snapshot.version != worker.directory().version => {
+            let read = now_ns();
             install(worker, &snapshot);
+            // What following a snapshot costs each worker (BENCHMARKS.md, registry-scale).
+            log::debug!(
+                "registry version {} followed: {} registry tenants, read from shared data in {} ms, built in {} ms",
+                snapshot.version,
+                snapshot.tenants.len(),
+                read.saturating_sub(started) / 1_000_000,
+                now_ns().saturating_sub(read) / 1_000_000
+            );
         }
         Some(_) => {}
         None => log::warn!(
@@ -269,11 +282,6 @@ fn install(worker: &Worker, snapshot: &Snapshot) {
     } else if directory.healthy && !worker.directory().healthy {
         log::info!("drain lifted: serving again");
     }
-    log::debug!(
-        "registry version {} installed: {} tenants in force",
-        directory.version,
-        directory.len()
-    );
     worker.set_directory(Rc::new(directory));
 }
 

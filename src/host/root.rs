@@ -112,7 +112,7 @@ impl RootContext for Root {
                 return false;
             }
         };
-        if config.tenants.is_empty() {
+        if config.tenants.is_empty() && config.registry.is_none() {
             log::warn!("no tenants configured; every request will get 401");
         }
         if config.unused_service {

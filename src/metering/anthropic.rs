@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::estimate::{Content, PER_CONVERSATION, PER_MESSAGE};
-use super::json::{self, clamp, count, flag, lenient, object};
+use super::json::{self, cap, clamp, flag, lenient, object};
 use super::{estimate, Reading, RequestEstimate, Usage};
 
 #[derive(Deserialize)]
@@ -30,7 +30,7 @@ struct Request {
     system: Option<Content>,
     #[serde(default, deserialize_with = "lenient")]
     messages: Option<Vec<Message>>,
-    #[serde(default, deserialize_with = "count")]
+    #[serde(default, deserialize_with = "cap")]
     max_tokens: Option<u64>,
     #[serde(default, deserialize_with = "flag")]
     stream: Option<bool>,
@@ -87,9 +87,13 @@ impl Block {
     }
 }
 
-/// Estimates a request. `None` if the body is not a JSON object.
-pub fn estimate_request(body: &[u8], default_max_tokens: u64) -> Option<RequestEstimate> {
-    let req: Request = json::parse_object(body)?;
+/// Estimates a request body (a JSON object). `None` if it is not an object.
+pub fn estimate_request(body: Value, default_max_tokens: u64) -> Option<RequestEstimate> {
+    // serde would also fill a struct from a list, by position.
+    if !body.is_object() {
+        return None;
+    }
+    let req = Request::deserialize(body).ok()?;
     let system = req.system.as_ref().map_or(0, Content::tokens);
     let messages = req.messages.as_deref().unwrap_or_default();
     let text: u64 = messages
@@ -106,6 +110,7 @@ pub fn estimate_request(body: &[u8], default_max_tokens: u64) -> Option<RequestE
         input_tokens: system + text + PER_MESSAGE * messages.len() as u64 + PER_CONVERSATION,
         output_tokens: req.max_tokens.unwrap_or(default_max_tokens),
         stream: req.stream.unwrap_or(false),
+        billable: true,
     })
 }
 
@@ -265,16 +270,20 @@ mod tests {
 
     use super::*;
 
+    fn parse(body: &[u8]) -> Value {
+        serde_json::from_slice(body).unwrap()
+    }
+
     #[test]
     fn request_with_system_blocks_and_tools() {
         let e = estimate_request(
-            br#"{"model":"claude-sonnet-4-5","max_tokens":1024,"stream":true,
+            parse(br#"{"model":"claude-sonnet-4-5","max_tokens":1024,"stream":true,
                 "system":[{"type":"text","text":"abcdefgh","cache_control":{"type":"ephemeral"}}],
                 "messages":[
                   {"role":"user","content":"abcd"},
                   {"role":"assistant","content":[{"type":"text","text":"abcd"},{"type":"tool_use","id":"t","name":"f","input":{"q":"x"}}]},
                   {"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":[{"type":"text","text":"abcd"}]},
-                                            {"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBORw0KGgo="}}]}]}"#,
+                                            {"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBORw0KGgo="}}]}]}"#),
             100,
         )
         .unwrap();
@@ -286,7 +295,7 @@ mod tests {
         );
         assert_eq!(e.output_tokens, 1024);
         assert!(e.stream);
-        let e = estimate_request(br#"{"messages":[]}"#, 100).unwrap();
+        let e = estimate_request(parse(br#"{"messages":[]}"#), 100).unwrap();
         assert_eq!((e.input_tokens, e.output_tokens), (PER_CONVERSATION, 100));
     }
 

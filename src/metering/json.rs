@@ -1,9 +1,11 @@
 //! Reading request and response JSON the way the servers behind the gateway read it.
 //!
-//! Request fields are read leniently: a field of an unexpected type is treated as absent, so a
-//! request the model server will reject anyway still gets an estimate rather than an error
-//! here. Counts and flags follow pydantic's lax mode, which the Python servers (vLLM, SGLang,
-//! the OpenAI-compatible layers) use. Reported usage is read strictly: a count that is not a
+//! A request body is parsed once, into a `Value` (a key given twice counts once, with its last
+//! value, as in the Python servers; serde's derive would refuse it), and its fields are read
+//! leniently: a field of an unexpected type is treated as absent, so a request the model
+//! server will reject anyway still gets an estimate rather than an error here. Counts and
+//! flags follow pydantic's lax mode, which the Python servers (vLLM, SGLang, the
+//! OpenAI-compatible layers) use. Reported usage is read strictly: a count that is not a
 //! non-negative integer makes the whole report absent, and the caller estimates instead.
 
 use serde::de::DeserializeOwned;
@@ -47,6 +49,17 @@ pub fn count_of(value: &Value) -> Option<u64> {
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
+}
+
+/// An output cap (`max_tokens` and its kin): a count, where `0` means no cap, as in the
+/// servers (`max_completion_tokens or max_tokens` in Python, `num_predict <= 0` in Ollama and
+/// llama.cpp). Absent, zero, negative or malformed: `None`, so the next field or the default
+/// applies.
+pub fn cap<'de, D>(de: D) -> Result<Option<u64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(count_of(&Value::deserialize(de)?).filter(|&n| n > 0))
 }
 
 /// A boolean as pydantic's lax mode reads it: `true`, `1`, `"true"`, `"yes"`, `"on"`, ...
@@ -94,16 +107,6 @@ pub fn starts_object(json: &[u8]) -> bool {
     json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
-/// Parses a JSON object into `T`. Through a map first, so that a key given twice counts
-/// once, with its last value, as in the Python servers (serde's derive would refuse it).
-pub fn parse_object<T: DeserializeOwned>(json: &[u8]) -> Option<T> {
-    if !starts_object(json) {
-        return None;
-    }
-    let value: Value = serde_json::from_slice(json).ok()?;
-    T::deserialize(value).ok()
-}
-
 /// Parses a response body or stream event into `T`, directly: responses are not written by
 /// clients, and this runs on every event of a stream.
 pub fn parse_reply<T: DeserializeOwned>(json: &[u8]) -> Option<T> {
@@ -111,6 +114,22 @@ pub fn parse_reply<T: DeserializeOwned>(json: &[u8]) -> Option<T> {
         return None;
     }
     serde_json::from_slice(json).ok()
+}
+
+/// Parses a response body that is an object, or a list of objects (one answer per prompt),
+/// into one `T` each. `None` if it is neither.
+pub fn parse_replies<T: DeserializeOwned>(json: &[u8]) -> Option<Vec<T>> {
+    if starts_object(json) {
+        return Some(vec![serde_json::from_slice(json).ok()?]);
+    }
+    if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+        return None;
+    }
+    let items: Vec<Value> = serde_json::from_slice(json).ok()?;
+    items
+        .into_iter()
+        .map(|v| v.is_object().then(|| T::deserialize(v).ok()).flatten())
+        .collect()
 }
 
 /// Finds the value of the last `"key":` in the end of a JSON body too large to keep whole.
@@ -175,6 +194,29 @@ mod tests {
         assert_eq!(count_of(&serde_json::json!(-1)), None);
         assert_eq!(count_of(&serde_json::json!(1.5)), None);
         assert_eq!(count_of(&serde_json::json!(1e300)), Some(u64::MAX));
+    }
+
+    #[test]
+    fn a_zero_or_negative_cap_is_no_cap() {
+        #[derive(serde::Deserialize)]
+        struct Capped {
+            #[serde(default, deserialize_with = "cap")]
+            max: Option<u64>,
+        }
+        for (json, want) in [
+            (r#"{"max":7}"#, Some(7)),
+            (r#"{"max":"7"}"#, Some(7)),
+            (r#"{"max":0}"#, None),
+            (r#"{"max":0.0}"#, None),
+            (r#"{"max":"0"}"#, None),
+            (r#"{"max":-1}"#, None),
+            (r#"{"max":-2}"#, None),
+            (r#"{"max":null}"#, None),
+            ("{}", None),
+        ] {
+            let c: Capped = serde_json::from_str(json).unwrap();
+            assert_eq!(c.max, want, "{json}");
+        }
     }
 
     #[test]

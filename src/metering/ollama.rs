@@ -2,8 +2,8 @@
 //!
 //! A chat request holds `messages`, a generate request `prompt` (with `system`, and
 //! `context`: the tokens of an earlier exchange, sent back as they are); both cap their output
-//! with `options.num_predict` (negative: no cap, so the default reservation applies). Unlike
-//! the OpenAI shapes, a request streams unless it says `"stream": false`.
+//! with `options.num_predict` (zero or negative: no cap, so the default reservation
+//! applies). Unlike the OpenAI shapes, a request streams unless it says `"stream": false`.
 //!
 //! The answer is one JSON object, or a stream of them, one per line (`application/x-ndjson`),
 //! each carrying a piece of text (`message.content` or `response`, and `thinking`). The last
@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::estimate::{PER_CONVERSATION, PER_MESSAGE};
-use super::json::{self, clamp, count, flag, lenient, object};
+use super::json::{self, cap, clamp, flag, lenient, object};
 use super::{estimate, Reading, RequestEstimate, Usage};
 
 /// Which Ollama endpoint a request was for.
@@ -51,17 +51,22 @@ struct Message {
 
 #[derive(Deserialize)]
 struct Options {
-    #[serde(default, deserialize_with = "count")]
+    /// Zero or negative (`-1`: no limit, `-2`: fill the context) is no cap.
+    #[serde(default, deserialize_with = "cap")]
     num_predict: Option<u64>,
 }
 
-/// Estimates a request. `None` if the body is not a JSON object.
+/// Estimates a request body (a JSON object). `None` if it is not an object.
 pub fn estimate_request(
     endpoint: Endpoint,
-    body: &[u8],
+    body: Value,
     default_max_tokens: u64,
 ) -> Option<RequestEstimate> {
-    let req: Request = json::parse_object(body)?;
+    // serde would also fill a struct from a list, by position.
+    if !body.is_object() {
+        return None;
+    }
+    let req = Request::deserialize(body).ok()?;
     let input_tokens = match endpoint {
         Endpoint::Chat => {
             let messages = req.messages.as_deref().unwrap_or_default();
@@ -89,6 +94,7 @@ pub fn estimate_request(
             .and_then(|o| o.num_predict)
             .unwrap_or(default_max_tokens),
         stream: req.stream.unwrap_or(true),
+        billable: true,
     })
 }
 
@@ -193,11 +199,15 @@ mod tests {
 
     use super::*;
 
+    fn parse(body: &[u8]) -> Value {
+        serde_json::from_slice(body).unwrap()
+    }
+
     #[test]
     fn chat_and_generate_requests() {
         let e = estimate_request(
             Endpoint::Chat,
-            br#"{"model":"llama3.2","messages":[{"role":"user","content":"abcdefgh"}],"options":{"num_predict":64,"temperature":0}}"#,
+            parse(br#"{"model":"llama3.2","messages":[{"role":"user","content":"abcdefgh"}],"options":{"num_predict":64,"temperature":0}}"#),
             100,
         )
         .unwrap();
@@ -208,7 +218,7 @@ mod tests {
 
         let e = estimate_request(
             Endpoint::Generate,
-            br#"{"model":"m","prompt":"abcd","system":"abcd","context":[1,2,3],"stream":false,"options":{"num_predict":-1}}"#,
+            parse(br#"{"model":"m","prompt":"abcd","system":"abcd","context":[1,2,3],"stream":false,"options":{"num_predict":-1}}"#),
             100,
         )
         .unwrap();

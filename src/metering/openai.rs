@@ -1,5 +1,9 @@
 //! The OpenAI shapes: chat completions, completions and embeddings, as OpenAI, vLLM, TGI,
-//! llama.cpp server, SGLang and Ollama's `/v1` speak them.
+//! llama.cpp server, SGLang and Ollama's `/v1` speak them; vLLM's `/invocations`, which takes
+//! any of the three; and llama.cpp server's own completion format (`/completion`, `/infill`,
+//! and `/completions` on llama.cpp), whose answer carries `tokens_evaluated` (the prompt,
+//! cached tokens included) and `tokens_predicted` in its last object (`"stop": true`), and
+//! the same counts so far in every streamed one.
 //!
 //! Request bodies give the admission estimate (prompt, output cap, number of choices);
 //! response bodies and stream chunks give the usage the model server reported and the text
@@ -9,9 +13,10 @@
 //! last one counts.
 
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::estimate::{Content, Generated, PER_CONVERSATION, PER_MESSAGE};
-use super::json::{self, clamp, count, flag, lenient, object};
+use super::json::{self, cap, clamp, count, flag, lenient, object};
 use super::{estimate, Reading, RequestEstimate, Usage};
 
 /// Which OpenAI endpoint a request was for; it decides how the request is estimated.
@@ -20,6 +25,11 @@ pub enum Endpoint {
     Chat,
     Completions,
     Embeddings,
+    /// `/invocations`: chat if the request has `messages`, else completions if it has a
+    /// `prompt`, else embeddings if it has an `input`.
+    Any,
+    /// llama.cpp server's own completions: `n_predict` caps the output before `max_tokens`.
+    LlamaCpp,
 }
 
 /// The fields of a request body that metering needs.
@@ -33,12 +43,18 @@ struct Request {
     prompt: Option<Prompt>,
     #[serde(default, deserialize_with = "lenient")]
     input: Option<Prompt>,
-    #[serde(default, deserialize_with = "count")]
+    #[serde(default, deserialize_with = "cap")]
     max_tokens: Option<u64>,
-    #[serde(default, deserialize_with = "count")]
+    #[serde(default, deserialize_with = "cap")]
     max_completion_tokens: Option<u64>,
+    /// llama.cpp's own cap (`-1`: none).
+    #[serde(default, deserialize_with = "cap")]
+    n_predict: Option<u64>,
     #[serde(default, deserialize_with = "count")]
     n: Option<u64>,
+    /// llama.cpp: completions generated per prompt.
+    #[serde(default, deserialize_with = "count")]
+    n_cmpl: Option<u64>,
     #[serde(default, deserialize_with = "count")]
     best_of: Option<u64>,
     #[serde(default, deserialize_with = "flag")]
@@ -61,34 +77,57 @@ enum Prompt {
     TokenLists(Vec<Vec<u64>>),
 }
 
-/// Estimates a request. `None` if the body is not a JSON object.
+/// Estimates a request body (a JSON object). `None` if it is not an object.
 pub fn estimate_request(
     endpoint: Endpoint,
-    body: &[u8],
+    body: Value,
     default_max_tokens: u64,
 ) -> Option<RequestEstimate> {
-    let req: Request = json::parse_object(body)?;
+    // serde would also fill a struct from a list, by position.
+    if !body.is_object() {
+        return None;
+    }
+    let req = Request::deserialize(body).ok()?;
+    let endpoint = match endpoint {
+        Endpoint::Any if req.messages.is_some() => Endpoint::Chat,
+        Endpoint::Any if req.prompt.is_some() => Endpoint::Completions,
+        Endpoint::Any if req.input.is_some() => Endpoint::Embeddings,
+        Endpoint::Any => Endpoint::Chat,
+        e => e,
+    };
 
     let input_tokens = match endpoint {
         Endpoint::Chat => req.messages.as_deref().map_or(0, chat_tokens),
-        Endpoint::Completions => req.prompt.as_ref().map_or(0, prompt_tokens),
-        Endpoint::Embeddings => req.input.as_ref().map_or(0, prompt_tokens),
+        Endpoint::Completions | Endpoint::LlamaCpp => req.prompt.as_ref().map_or(0, prompt_tokens),
+        Endpoint::Embeddings | Endpoint::Any => req.input.as_ref().map_or(0, prompt_tokens),
+    };
+    // A list of prompts is answered once per prompt.
+    let prompts = match endpoint {
+        Endpoint::Completions | Endpoint::LlamaCpp => req.prompt.as_ref().map_or(1, Prompt::count),
+        _ => 1,
     };
     let choices = match endpoint {
-        Endpoint::Embeddings => 0,
+        Endpoint::Embeddings | Endpoint::Any => 0,
         // `best_of` candidates are all generated and billed, `n` of them returned.
-        _ => req.n.unwrap_or(1).max(req.best_of.unwrap_or(1)).max(1),
+        _ => [req.n, req.best_of, req.n_cmpl]
+            .into_iter()
+            .flatten()
+            .fold(1, u64::max),
     };
-    let per_choice = req
-        .max_completion_tokens
-        .or(req.max_tokens)
-        .unwrap_or(default_max_tokens);
+    // Zero is no cap (the servers read `max_completion_tokens or max_tokens`), so the next
+    // field or the default applies.
+    let per_choice = match endpoint {
+        Endpoint::LlamaCpp => req.n_predict.or(req.max_tokens),
+        _ => req.max_completion_tokens.or(req.max_tokens),
+    }
+    .unwrap_or(default_max_tokens);
 
     Some(RequestEstimate {
         model: req.model,
         input_tokens,
-        output_tokens: per_choice.saturating_mul(choices),
+        output_tokens: per_choice.saturating_mul(choices).saturating_mul(prompts),
         stream: req.stream.unwrap_or(false),
+        billable: true,
     })
 }
 
@@ -99,6 +138,17 @@ fn chat_tokens(messages: &[Message]) -> u64 {
         .map(Content::tokens)
         .sum();
     text + PER_MESSAGE * messages.len() as u64 + PER_CONVERSATION
+}
+
+impl Prompt {
+    /// How many prompts: each is answered on its own.
+    fn count(&self) -> u64 {
+        match self {
+            Prompt::Texts(ts) => ts.len().max(1) as u64,
+            Prompt::TokenLists(ls) => ls.len().max(1) as u64,
+            Prompt::Text(_) | Prompt::Tokens(_) => 1,
+        }
+    }
 }
 
 fn prompt_tokens(p: &Prompt) -> u64 {
@@ -119,6 +169,25 @@ struct Reply {
     usage: Option<WireUsage>,
     #[serde(default, deserialize_with = "lenient")]
     choices: Option<Vec<Choice>>,
+    /// llama.cpp's own format: the text (a piece of it in a stream).
+    #[serde(default, deserialize_with = "lenient")]
+    content: Option<String>,
+    /// llama.cpp: `true` in the last object, the one whose counts are final.
+    #[serde(default, deserialize_with = "flag")]
+    stop: Option<bool>,
+    #[serde(default, deserialize_with = "lenient")]
+    tokens_evaluated: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    tokens_predicted: Option<u64>,
+    #[serde(default, deserialize_with = "object")]
+    timings: Option<Timings>,
+}
+
+/// llama.cpp's `timings`: `cache_n` prompt tokens were reused from its cache.
+#[derive(Deserialize)]
+struct Timings {
+    #[serde(default, deserialize_with = "lenient")]
+    cache_n: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -225,6 +294,39 @@ fn fold(reading: &mut Reading, reply: Reply) {
     }
     if let Some(u) = reply.usage {
         reading.usage = Some(u.into());
+    } else if let Some(input) = reply.tokens_evaluated {
+        let cached = reply
+            .timings
+            .and_then(|t| t.cache_n)
+            .filter(|&c| c <= input);
+        let input = Usage {
+            input_tokens: clamp(input),
+            cached_input_tokens: cached.map(clamp),
+            ..Usage::default()
+        };
+        match reply.tokens_predicted.filter(|_| reply.stop == Some(true)) {
+            // One last object per prompt: several prompts add up.
+            Some(output) => {
+                let so_far = reading.usage.unwrap_or_default();
+                reading.usage = Some(Usage {
+                    input_tokens: clamp(so_far.input_tokens.saturating_add(input.input_tokens)),
+                    output_tokens: clamp(so_far.output_tokens.saturating_add(output)),
+                    cached_input_tokens: match (
+                        so_far.cached_input_tokens,
+                        input.cached_input_tokens,
+                    ) {
+                        (None, None) => None,
+                        (a, b) => Some(clamp(a.unwrap_or(0).saturating_add(b.unwrap_or(0)))),
+                    },
+                    ..Usage::default()
+                });
+            }
+            None if reading.usage.is_none() => reading.input = Some(input),
+            None => {}
+        }
+    }
+    if let Some(text) = &reply.content {
+        reading.generated.add(text);
     }
     for choice in reply.choices.iter().flatten() {
         for said in [&choice.message, &choice.delta].into_iter().flatten() {
@@ -243,6 +345,16 @@ pub fn read_body(json: &[u8]) -> Option<Reading> {
     Some(reading)
 }
 
+/// Reads a whole response body that may also be a list of answers (llama.cpp's, to several
+/// prompts). `None` if it is neither an object nor a list of them.
+pub fn read_bodies(json: &[u8]) -> Option<Reading> {
+    let mut reading = Reading::default();
+    for reply in json::parse_replies(json)? {
+        fold(&mut reading, reply);
+    }
+    Some(reading)
+}
+
 /// Reads one stream event (`data: [DONE]` and anything unreadable change nothing).
 pub fn read_event(reading: &mut Reading, data: &[u8]) {
     if let Some(reply) = json::parse_reply(data) {
@@ -251,9 +363,20 @@ pub fn read_event(reading: &mut Reading, data: &[u8]) {
 }
 
 /// Finds the usage in the last bytes of a body too large to keep whole: OpenAI-shaped
-/// servers write `usage` last, at the top level.
+/// servers write `usage` last, at the top level; llama.cpp its counts among its last keys
+/// (they are sorted).
 pub fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
-    let value = json::value_in_tail(tail, "usage")?;
+    let Some(value) = json::value_in_tail(tail, "usage") else {
+        let count = |key| json::value_in_tail(tail, key)?.as_u64();
+        if json::value_in_tail(tail, "stop") != Some(Value::Bool(true)) {
+            return None;
+        }
+        return Some(Usage {
+            input_tokens: clamp(count("tokens_evaluated")?),
+            output_tokens: clamp(count("tokens_predicted")?),
+            ..Usage::default()
+        });
+    };
     if !value.is_object() {
         return None;
     }
@@ -267,7 +390,7 @@ mod tests {
     use crate::metering::MAX_REPORTED_TOKENS;
 
     fn est(endpoint: Endpoint, body: &str) -> RequestEstimate {
-        estimate_request(endpoint, body.as_bytes(), 100).unwrap()
+        estimate_request(endpoint, serde_json::from_str(body).unwrap(), 100).unwrap()
     }
 
     #[test]
@@ -294,6 +417,112 @@ mod tests {
         let e = est(Endpoint::Chat, r#"{"messages":[]}"#);
         assert_eq!(e.output_tokens, 100);
         assert_eq!(e.model, None);
+    }
+
+    #[test]
+    fn a_zero_cap_is_no_cap() {
+        // `max_completion_tokens or max_tokens`: a zero falls through to the next field.
+        for (body, want) in [
+            (r#"{"max_completion_tokens":0,"max_tokens":5000}"#, 5000),
+            (r#"{"max_completion_tokens":"0","max_tokens":5000}"#, 5000),
+            (r#"{"max_completion_tokens":0}"#, 100),
+            (r#"{"max_completion_tokens":0,"max_tokens":0}"#, 100),
+            (r#"{"max_tokens":0,"n":2}"#, 200),
+        ] {
+            assert_eq!(est(Endpoint::Chat, body).output_tokens, want, "{body}");
+        }
+        let e = est(Endpoint::Completions, r#"{"prompt":"x","max_tokens":0}"#);
+        assert_eq!(e.output_tokens, 100);
+        // llama.cpp: `n_predict` first; `-1` (no limit) and `0` are no cap.
+        for (body, want) in [
+            (r#"{"prompt":"x","n_predict":64,"max_tokens":8}"#, 64),
+            (r#"{"prompt":"x","n_predict":-1,"max_tokens":8}"#, 8),
+            (r#"{"prompt":"x","n_predict":0}"#, 100),
+            (r#"{"prompt":"x","n_predict":-1}"#, 100),
+        ] {
+            assert_eq!(est(Endpoint::LlamaCpp, body).output_tokens, want, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_list_of_prompts_is_answered_once_each() {
+        let e = est(
+            Endpoint::Completions,
+            r#"{"prompt":["abcd","abcd","abcd"],"max_tokens":10,"n":2}"#,
+        );
+        assert_eq!((e.input_tokens, e.output_tokens), (3, 60));
+        let e = est(
+            Endpoint::LlamaCpp,
+            r#"{"prompt":[[1,2],[3]],"n_predict":10,"n_cmpl":3}"#,
+        );
+        assert_eq!((e.input_tokens, e.output_tokens), (3, 60));
+    }
+
+    #[test]
+    fn invocations_are_told_apart_by_their_fields() {
+        let chat = est(
+            Endpoint::Any,
+            r#"{"messages":[{"role":"user","content":"abcd"}],"max_tokens":9}"#,
+        );
+        assert_eq!(
+            (chat.input_tokens, chat.output_tokens),
+            (1 + PER_MESSAGE + PER_CONVERSATION, 9)
+        );
+        let completion = est(
+            Endpoint::Any,
+            r#"{"prompt":"abcdefgh","max_tokens":9,"n":2}"#,
+        );
+        assert_eq!((completion.input_tokens, completion.output_tokens), (2, 18));
+        let embedding = est(Endpoint::Any, r#"{"input":["abcd","abcd"]}"#);
+        assert_eq!((embedding.input_tokens, embedding.output_tokens), (2, 0));
+    }
+
+    #[test]
+    fn llamacpp_own_format() {
+        // `/completion` as llama.cpp answers it (keys sorted, as nlohmann::json writes them).
+        let body = br#"{"content":" Paris.","generation_settings":{"n_predict":-1,"stop":[]},"has_new_line":false,"id_slot":0,"index":0,"model":"gpt-3.5-turbo","prompt":"<s> The capital of France is","stop":true,"stop_type":"eos","stopping_word":"","timings":{"cache_n":3,"predicted_n":3,"prompt_n":4},"tokens":[],"tokens_cached":9,"tokens_evaluated":7,"tokens_predicted":3,"truncated":false}"#;
+        let r = read_bodies(body).unwrap();
+        assert_eq!(
+            r.usage,
+            Some(Usage {
+                input_tokens: 7,
+                output_tokens: 3,
+                cached_input_tokens: Some(3),
+                ..Usage::default()
+            })
+        );
+        assert_eq!(r.model.as_deref(), Some("gpt-3.5-turbo"));
+        assert_eq!(r.generated.tokens(), 2);
+        // Several prompts: a list of answers, whose counts add up.
+        let list = format!(
+            "[{},{}]",
+            std::str::from_utf8(body).unwrap(),
+            std::str::from_utf8(body).unwrap()
+        );
+        let r = read_bodies(list.as_bytes()).unwrap();
+        assert_eq!(
+            r.usage
+                .map(|u| (u.input_tokens, u.output_tokens, u.cached_input_tokens)),
+            Some((14, 6, Some(6)))
+        );
+        assert!(read_body(list.as_bytes()).is_none());
+        assert_eq!(
+            usage_in_tail(&body[body.len() - 200..]).map(|u| u.total()),
+            Some(10)
+        );
+
+        // A stream: each piece carries the counts so far; the last one (`stop`) is final.
+        let mut r = Reading::default();
+        read_event(&mut r, br#"{"content":" Paris","id_slot":0,"index":0,"stop":false,"tokens":[],"tokens_evaluated":7,"tokens_predicted":1}"#);
+        assert_eq!(r.usage, None);
+        assert_eq!(r.input.map(|u| u.input_tokens), Some(7));
+        read_event(&mut r, br#"{"content":".","id_slot":0,"index":0,"stop":false,"tokens":[],"tokens_evaluated":7,"tokens_predicted":2}"#);
+        read_event(&mut r, br#"{"content":"","id_slot":0,"index":0,"model":"m","stop":true,"stop_type":"eos","timings":{"cache_n":0,"predicted_n":3,"prompt_n":7},"tokens":[],"tokens_evaluated":7,"tokens_predicted":3}"#);
+        assert_eq!(
+            r.usage.map(|u| (u.input_tokens, u.output_tokens)),
+            Some((7, 3))
+        );
+        assert_eq!(r.generated.tokens(), 2);
     }
 
     #[test]
@@ -346,11 +575,14 @@ mod tests {
     }
 
     #[test]
-    fn not_json_is_none() {
-        assert!(estimate_request(Endpoint::Chat, b"", 1).is_none());
-        assert!(estimate_request(Endpoint::Chat, b"[1,2]", 1).is_none());
-        assert!(estimate_request(Endpoint::Chat, b"\xff\xfe", 1).is_none());
-        assert!(estimate_request(Endpoint::Chat, b"{\"messages\": [", 1).is_none());
+    fn not_an_object_is_none() {
+        for v in [
+            serde_json::json!([1, 2]),
+            serde_json::json!("x"),
+            Value::Null,
+        ] {
+            assert!(estimate_request(Endpoint::Chat, v, 1).is_none());
+        }
     }
 
     #[test]

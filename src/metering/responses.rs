@@ -13,9 +13,10 @@
 //! it once the usage is in.
 
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::estimate::{Content, PER_CONVERSATION, PER_MESSAGE};
-use super::json::{self, clamp, count, flag, lenient, object};
+use super::json::{self, cap, clamp, flag, lenient, object};
 use super::{estimate, Reading, RequestEstimate, Usage};
 
 #[derive(Deserialize)]
@@ -26,7 +27,7 @@ struct Request {
     input: Option<Input>,
     #[serde(default, deserialize_with = "lenient")]
     instructions: Option<String>,
-    #[serde(default, deserialize_with = "count")]
+    #[serde(default, deserialize_with = "cap")]
     max_output_tokens: Option<u64>,
     #[serde(default, deserialize_with = "flag")]
     stream: Option<bool>,
@@ -51,9 +52,13 @@ struct Item {
     arguments: Option<String>,
 }
 
-/// Estimates a request. `None` if the body is not a JSON object.
-pub fn estimate_request(body: &[u8], default_max_tokens: u64) -> Option<RequestEstimate> {
-    let req: Request = json::parse_object(body)?;
+/// Estimates a request body (a JSON object). `None` if it is not an object.
+pub fn estimate_request(body: Value, default_max_tokens: u64) -> Option<RequestEstimate> {
+    // serde would also fill a struct from a list, by position.
+    if !body.is_object() {
+        return None;
+    }
+    let req = Request::deserialize(body).ok()?;
     let instructions = req.instructions.as_deref().map_or(0, estimate::text_tokens);
     let input = match &req.input {
         None => 0,
@@ -75,6 +80,7 @@ pub fn estimate_request(body: &[u8], default_max_tokens: u64) -> Option<RequestE
         input_tokens: instructions + input + PER_CONVERSATION,
         output_tokens: req.max_output_tokens.unwrap_or(default_max_tokens),
         stream: req.stream.unwrap_or(false),
+        billable: true,
     })
 }
 
@@ -208,10 +214,14 @@ mod tests {
 
     use super::*;
 
+    fn parse(body: &[u8]) -> Value {
+        serde_json::from_slice(body).unwrap()
+    }
+
     #[test]
     fn request_of_every_input_shape() {
         let e = estimate_request(
-            br#"{"model":"gpt-4.1","input":"abcdefgh","instructions":"abcd","max_output_tokens":40,"stream":true}"#,
+            parse(br#"{"model":"gpt-4.1","input":"abcdefgh","instructions":"abcd","max_output_tokens":40,"stream":true}"#),
             100,
         )
         .unwrap();
@@ -221,11 +231,11 @@ mod tests {
         assert!(e.stream);
 
         let e = estimate_request(
-            br#"{"input":[
+            parse(br#"{"input":[
                 {"role":"user","content":[{"type":"input_text","text":"abcd"},{"type":"input_image","image_url":"data:..."}]},
                 {"type":"function_call","call_id":"c","name":"f","arguments":"{\"x\":1}"},
                 {"type":"function_call_output","call_id":"c","output":"12345678"},
-                {"type":"item_reference","id":"msg_1"}]}"#,
+                {"type":"item_reference","id":"msg_1"}]}"#),
             100,
         )
         .unwrap();
@@ -235,7 +245,7 @@ mod tests {
         );
         assert_eq!(e.output_tokens, 100);
         assert!(!e.stream);
-        assert!(estimate_request(b"[]", 1).is_none());
+        assert!(estimate_request(parse(b"[]"), 1).is_none());
     }
 
     #[test]

@@ -10,22 +10,36 @@
 //!
 //! The defaults are exact paths, because the APIs keep other resources below them:
 //! `/v1/messages/count_tokens` and `/v1/messages/batches`, `/v1/responses/{id}/cancel`.
+//! Besides the shapes, they name the well-known model servers' own routes (llama.cpp's
+//! `/completion`, TGI's and SGLang's `/generate`, vLLM's `/invocations`), the embedding routes
+//! that report no usage of their own, and the token-counting routes, which cost nothing.
 
 use super::Api;
 
 /// The paths each shape is served on when the configuration says nothing else.
-const DEFAULTS: [(&str, Api); 11] = [
+const DEFAULTS: [(&str, Api); 21] = [
     ("/v1/chat/completions", Api::OpenAiChat),
     ("/chat/completions", Api::OpenAiChat),
     ("/v1/completions", Api::OpenAiCompletions),
     ("/completions", Api::OpenAiCompletions),
     ("/v1/embeddings", Api::OpenAiEmbeddings),
     ("/embeddings", Api::OpenAiEmbeddings),
+    // llama.cpp's own embedding route, and Ollama's (new and old): input only.
+    ("/embedding", Api::OpenAiEmbeddings),
+    ("/api/embed", Api::OpenAiEmbeddings),
+    ("/api/embeddings", Api::OpenAiEmbeddings),
     ("/v1/responses", Api::OpenAiResponses),
     ("/responses", Api::OpenAiResponses),
+    ("/invocations", Api::OpenAiInvocations),
     ("/v1/messages", Api::AnthropicMessages),
     ("/api/chat", Api::OllamaChat),
     ("/api/generate", Api::OllamaGenerate),
+    ("/completion", Api::LlamaCppCompletion),
+    ("/infill", Api::LlamaCppCompletion),
+    ("/generate", Api::Generate),
+    ("/generate_stream", Api::Generate),
+    ("/v1/messages/count_tokens", Api::Unmetered),
+    ("/v1/responses/input_tokens", Api::Unmetered),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,7 +160,15 @@ mod tests {
             ("/v1/messages", Api::AnthropicMessages),
             ("/api/chat", Api::OllamaChat),
             ("/api/generate", Api::OllamaGenerate),
-            ("/v1/messages/count_tokens", Api::Other),
+            ("/completion", Api::LlamaCppCompletion),
+            ("/infill", Api::LlamaCppCompletion),
+            ("/generate", Api::Generate),
+            ("/generate_stream", Api::Generate),
+            ("/invocations", Api::OpenAiInvocations),
+            ("/api/embed", Api::OpenAiEmbeddings),
+            ("/embedding", Api::OpenAiEmbeddings),
+            ("/v1/messages/count_tokens", Api::Unmetered),
+            ("/v1/messages/batches", Api::Other),
             ("/v1/responses/resp_1/cancel", Api::Other),
             ("/v1/models", Api::Other),
             ("", Api::Other),

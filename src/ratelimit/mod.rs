@@ -65,8 +65,11 @@ pub fn grpc_service(cluster: &str) -> Vec<u8> {
     .encode_to_vec()
 }
 
-/// A `ShouldRateLimit` request for `hits` of one limit of one tenant.
-pub fn request(domain: &str, tenant: &str, kind: Kind, hits: u64) -> Vec<u8> {
+/// A `ShouldRateLimit` request for `hits` of one limit of one tenant. With `limit`, the
+/// descriptor carries the tenant's limit per minute as an override, so a service that honours
+/// overrides (envoyproxy/ratelimit) needs no per-tenant configuration and follows the
+/// registry's changes; a limit above `u32::MAX` is sent as `u32::MAX`.
+pub fn request(domain: &str, tenant: &str, kind: Kind, hits: u64, limit: Option<u64>) -> Vec<u8> {
     let entry = |key: &str, value: &str| proto::Entry {
         key: key.to_string(),
         value: value.to_string(),
@@ -75,6 +78,10 @@ pub fn request(domain: &str, tenant: &str, kind: Kind, hits: u64) -> Vec<u8> {
         domain: domain.to_string(),
         descriptors: vec![proto::RateLimitDescriptor {
             entries: vec![entry(TENANT_KEY, tenant), entry(LIMIT_KEY, kind.as_str())],
+            limit: limit.map(|l| proto::RateLimitOverride {
+                requests_per_unit: u32::try_from(l).unwrap_or(u32::MAX),
+                unit: proto::UNIT_MINUTE,
+            }),
             hits_addend: Some(proto::UInt64Value { value: hits }),
         }],
         hits_addend: u32::try_from(hits).unwrap_or(u32::MAX),
@@ -318,7 +325,7 @@ mod tests {
     /// wrong field number or wire type cannot hide behind prost agreeing with itself.
     #[test]
     fn the_request_has_the_protocols_field_numbers() {
-        let bytes = request("gw", "acme", Kind::Tokens, 300);
+        let bytes = request("gw", "acme", Kind::Tokens, 300, None);
         let mut want = vec![0x0a, 2, b'g', b'w']; // domain = 1
         let mut descriptor = vec![0x0a, 14, 0x0a, 6]; // entries = 1: Entry{key = 1, value = 2}
         descriptor.extend(b"tenant");
@@ -336,9 +343,40 @@ mod tests {
         assert_eq!(bytes, want);
     }
 
+    /// The override between the entries and the hits: field 2, `{1: limit, 2: MINUTE}`.
+    #[test]
+    fn a_limit_override_is_field_two_of_the_descriptor_per_minute() {
+        let with = request("gw", "acme", Kind::Requests, 1, Some(60));
+        let without = request("gw", "acme", Kind::Requests, 1, None);
+        let decoded = proto::RateLimitRequest::decode(with.as_slice()).unwrap();
+        assert_eq!(
+            decoded.descriptors[0].limit,
+            Some(proto::RateLimitOverride {
+                requests_per_unit: 60,
+                unit: 2
+            })
+        );
+        let override_bytes = [0x12, 4, 0x08, 60, 0x10, 2];
+        let at = with
+            .windows(override_bytes.len())
+            .position(|w| w == override_bytes)
+            .expect("the override's bytes");
+        // Written after the entries (which end with `requests`) and before the hits.
+        assert!(with[..at].ends_with(b"requests"));
+        assert_eq!(with[at + override_bytes.len()], 0x1a);
+        // The descriptor grew by exactly the override; the rest is unchanged.
+        assert_eq!(with.len(), without.len() + override_bytes.len());
+        let huge = request("gw", "acme", Kind::Tokens, 1, Some(u64::MAX));
+        let decoded = proto::RateLimitRequest::decode(huge.as_slice()).unwrap();
+        assert_eq!(
+            decoded.descriptors[0].limit.map(|l| l.requests_per_unit),
+            Some(u32::MAX)
+        );
+    }
+
     #[test]
     fn request_level_hits_saturate_at_u32() {
-        let bytes = request("gw", "acme", Kind::Tokens, u64::MAX);
+        let bytes = request("gw", "acme", Kind::Tokens, u64::MAX, None);
         let decoded = proto::RateLimitRequest::decode(bytes.as_slice()).unwrap();
         assert_eq!(decoded.hits_addend, u32::MAX);
         assert_eq!(decoded.descriptors[0].hits_addend.unwrap().value, u64::MAX);

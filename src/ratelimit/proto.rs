@@ -21,6 +21,10 @@ pub struct RateLimitRequest {
 pub struct RateLimitDescriptor {
     #[prost(message, repeated, tag = "1")]
     pub entries: Vec<Entry>,
+    /// `RateLimitOverride limit = 2`: the limit to apply instead of the service's own
+    /// configuration (envoyproxy/ratelimit honours it; Limitador ignores it).
+    #[prost(message, optional, tag = "2")]
+    pub limit: Option<RateLimitOverride>,
     /// `google.protobuf.UInt64Value hits_addend = 3`: this descriptor's own hits.
     #[prost(message, optional, tag = "3")]
     pub hits_addend: Option<UInt64Value>,
@@ -34,6 +38,19 @@ pub struct Entry {
     #[prost(string, tag = "2")]
     pub value: String,
 }
+
+/// `RateLimitDescriptor.RateLimitOverride`.
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct RateLimitOverride {
+    #[prost(uint32, tag = "1")]
+    pub requests_per_unit: u32,
+    /// A `RateLimitResponse.RateLimit.Unit`.
+    #[prost(int32, tag = "2")]
+    pub unit: i32,
+}
+
+/// `RateLimitResponse.RateLimit.Unit.MINUTE`: every limit of the filter is per minute.
+pub const UNIT_MINUTE: i32 = 2;
 
 /// `google.protobuf.UInt64Value`.
 #[derive(Clone, Copy, PartialEq, ::prost::Message)]

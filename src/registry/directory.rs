@@ -260,6 +260,36 @@ mod tests {
         assert_eq!(notes.len(), 1, "{notes:?}");
     }
 
+    /// The scale the registry is built for: 100,000 tenants, each key found by one hash-map
+    /// probe (the key table is keyed by the digest's first 8 bytes), so the lookup does not
+    /// depend on the number of tenants. Timed in BENCHMARKS.md (`registry-scale`), not here.
+    #[test]
+    fn a_directory_of_100k_tenants_finds_every_key() {
+        const N: usize = 100_000;
+        let tenants: Vec<RegistryTenant> = (0..N)
+            .map(|i| RegistryTenant {
+                rate_limit: 1 + i as u64,
+                ..tenant(&format!("tenant-{i:06}"), &[&format!("key-{i}")])
+            })
+            .collect();
+        let snapshot = snapshot(tenants);
+        // Through the form the workers read from shared data, as in the filter.
+        let decoded = Snapshot::decode(&snapshot.encode()).unwrap();
+        let (d, notes) = Directory::build(&config(), &decoded);
+        assert!(notes.is_empty(), "{:?}", notes.first());
+        assert_eq!((d.len(), d.registry_tenants), (N + 1, N));
+
+        for i in [0, 1, N / 2, N - 2, N - 1] {
+            let index = d.lookup(&format!("key-{i}")).unwrap();
+            let t = d.tenant(index).unwrap();
+            assert_eq!(t.id, format!("tenant-{i:06}"));
+            assert_eq!(t.rate_limit, 1 + i as u64);
+        }
+        assert_eq!(who(&d, "static-acme").as_deref(), Some("acme"));
+        assert_eq!(who(&d, &format!("key-{N}")), None);
+        assert_eq!(who(&d, "key-"), None);
+    }
+
     #[test]
     fn model_allow_lists() {
         let mut e = static_entry(&config().tenants[0]);

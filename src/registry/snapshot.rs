@@ -22,7 +22,8 @@ use serde::Deserialize;
 use crate::auth::Digest;
 use crate::config::{check_limit, check_tenant_id, parse_digest};
 
-/// Most models an allow-list may hold, and the longest name (the collector's own bounds).
+/// Most models an allow-list may hold, and the longest name in characters (the collector's
+/// own bounds: a name the collector took must never make the filter leave its tenant out).
 pub const MAX_MODELS: usize = 1000;
 pub const MAX_MODEL_LEN: usize = 256;
 /// Most keys one tenant may hold in a snapshot.
@@ -75,13 +76,15 @@ struct WireTenant<'a> {
 pub fn parse(body: &[u8]) -> Result<(Snapshot, Vec<String>), String> {
     let wire: Wire<'_> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let mut problems = Vec::new();
-    let mut tenants = Vec::with_capacity(wire.tenants.len());
+    // Ids are checked for repeats on the borrowed text: no copy of each id just for that.
     let mut seen = std::collections::HashSet::with_capacity(wire.tenants.len());
-    for (i, t) in wire.tenants.into_iter().enumerate() {
+    let mut tenants = Vec::with_capacity(wire.tenants.len());
+    for (i, t) in wire.tenants.iter().enumerate() {
+        if !seen.insert(t.id.as_ref()) {
+            problems.push(format!("tenants[{i}] ({}): the id is given twice", t.id));
+            continue;
+        }
         match tenant(t) {
-            Ok(t) if !seen.insert(t.id.clone()) => {
-                problems.push(format!("tenants[{i}] ({}): the id is given twice", t.id));
-            }
             Ok(t) => tenants.push(t),
             Err(why) => problems.push(format!("tenants[{i}]: {why}")),
         }
@@ -96,7 +99,7 @@ pub fn parse(body: &[u8]) -> Result<(Snapshot, Vec<String>), String> {
     ))
 }
 
-fn tenant(t: WireTenant<'_>) -> Result<RegistryTenant, String> {
+fn tenant(t: &WireTenant<'_>) -> Result<RegistryTenant, String> {
     check_tenant_id(&t.id).map_err(|m| format!("id: {m}"))?;
     let named = |field: &str, m: String| format!("({}) {field}: {m}", t.id);
     check_limit(t.rate_limit).map_err(|m| named("rate_limit", m))?;
@@ -111,16 +114,17 @@ fn tenant(t: WireTenant<'_>) -> Result<RegistryTenant, String> {
     for (k, hex) in t.api_key_sha256.iter().enumerate() {
         keys.push(parse_digest(hex).map_err(|m| named(&format!("api_key_sha256[{k}]"), m))?);
     }
-    let allowed_models = match t.allowed_models {
+    let allowed_models = match &t.allowed_models {
         None => None,
-        Some(mut models) => {
-            let bad = models
-                .iter()
-                .any(|m| m.is_empty() || m.len() > MAX_MODEL_LEN || m.contains(char::is_control));
+        Some(models) => {
+            let mut models = models.clone();
+            let bad = models.iter().any(|m| {
+                m.is_empty() || m.chars().count() > MAX_MODEL_LEN || m.contains(char::is_control)
+            });
             if models.is_empty() || models.len() > MAX_MODELS || bad {
                 return Err(named(
                     "allowed_models",
-                    format!("must hold 1 to {MAX_MODELS} names of 1 to {MAX_MODEL_LEN} bytes"),
+                    format!("must hold 1 to {MAX_MODELS} names of 1 to {MAX_MODEL_LEN} characters"),
                 ));
             }
             models.sort_unstable();
@@ -129,7 +133,7 @@ fn tenant(t: WireTenant<'_>) -> Result<RegistryTenant, String> {
         }
     };
     Ok(RegistryTenant {
-        id: t.id.into_owned(),
+        id: t.id.to_string(),
         rate_limit: t.rate_limit,
         token_budget: t.token_budget,
         suspended: t.suspended,
@@ -332,6 +336,21 @@ mod tests {
             "{problems:?}"
         );
         assert!(problems[4].contains("given twice"), "{problems:?}");
+    }
+
+    /// The collector's rule for model names counts characters, not bytes.
+    #[test]
+    fn model_names_are_bounded_in_characters_as_the_collector_does() {
+        let long = "模".repeat(MAX_MODEL_LEN);
+        let (s, problems) = parse(&body(serde_json::json!([
+            {"id": "a", "rate_limit": 1, "token_budget": 1, "allowed_models": [long]},
+            {"id": "b", "rate_limit": 1, "token_budget": 1, "allowed_models": [format!("{long}x")]},
+        ])))
+        .unwrap();
+        assert_eq!(s.tenants.len(), 1, "{problems:?}");
+        assert_eq!(s.tenants[0].allowed_models, Some(vec![long.clone()]));
+        assert!(problems[0].contains("(b) allowed_models"), "{problems:?}");
+        assert_eq!(Snapshot::decode(&s.encode()), Some(s));
     }
 
     #[test]

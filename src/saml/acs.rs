@@ -14,8 +14,8 @@
 //!
 //! The answer is `200` with the session token, `401` naming the failed check
 //! (`saml_<check>`), `400` for a request that is not a usable form post, `503` if the replay
-//! store cannot be updated (fail closed). Nothing from the response is echoed back on
-//! refusal.
+//! store cannot be updated, or the IdP already holds its share of it (fail closed). Nothing
+//! from the response is echoed back on refusal.
 
 use serde::Serialize;
 
@@ -116,6 +116,7 @@ pub fn handle(
         &login.assertion_id,
         login.acceptable_until_ms,
         now_ms,
+        sso.idps.len(),
     ) {
         Ok(Remember::Fresh) => {}
         Ok(Remember::Replayed) => {
@@ -124,17 +125,17 @@ pub fn handle(
                 Failure::new(Check::Replayed, "this assertion has already been used"),
             )
         }
+        Ok(Remember::IssuerFull) => {
+            return unavailable(
+                tenant.tenant,
+                "Too many recent sign-ons through this identity provider. Retry in a few minutes.",
+            )
+        }
         Ok(Remember::Full) | Err(_) => {
-            return Outcome {
-                reply: reply::error(
-                    503,
-                    "server_error",
-                    "sso_unavailable",
-                    "The gateway cannot record sign-ons right now. Retry shortly.",
-                ),
-                tenant: Some(tenant.tenant),
-                check: None,
-            }
+            return unavailable(
+                tenant.tenant,
+                "The gateway cannot record sign-ons right now. Retry shortly.",
+            )
         }
     }
 
@@ -214,6 +215,15 @@ fn verify<'a>(
         (proven, f)
     })?;
     Ok((tenant, login))
+}
+
+/// The replay store cannot take the assertion: refused, never let through unremembered.
+fn unavailable(tenant: usize, message: &str) -> Outcome {
+    Outcome {
+        reply: reply::error(503, "server_error", "sso_unavailable", message),
+        tenant: Some(tenant),
+        check: None,
+    }
 }
 
 fn plain(reply: LocalReply) -> Outcome {
@@ -302,7 +312,11 @@ fn percent_decode(s: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
 
+    use base64::Engine as _;
+
     use super::*;
+    use crate::saml::testing::{self, at, ACS, IDP, SP};
+    use crate::shared::fake::FakeShared;
 
     #[test]
     fn forms_are_read_strictly() {
@@ -319,6 +333,148 @@ mod tests {
         assert!(read_form(ct, b"SAMLResponse=%ff").is_err());
         let long = format!("SAMLResponse=x&RelayState={}", "r".repeat(1025));
         assert!(read_form(ct, long.as_bytes()).is_err());
+    }
+
+    const EVIL_IDP: &str = "https://evil-idp.example/saml2";
+
+    /// Two tenants: acme signs in with the vectors' IdP, globex with another one.
+    fn config() -> Config {
+        let metadata = testing::metadata_xml();
+        let saml = |idp: &str, sp: &str| {
+            serde_json::json!({"idp_metadata": metadata.replace(IDP, idp), "sp_entity_id": sp,
+                               "acs_url": ACS})
+        };
+        let config = serde_json::json!({
+            "tenants": [
+                {"id": "acme", "api_key_sha256": "a".repeat(64), "rate_limit": 1,
+                 "token_budget": 1, "saml": saml(IDP, SP)},
+                {"id": "globex", "api_key_sha256": "b".repeat(64), "rate_limit": 1,
+                 "token_budget": 1, "saml": saml(EVIL_IDP, "https://gateway.test.example/g")}
+            ],
+            "collector": {"cluster": "collector", "ingest_token": "ingest-token"},
+            "sso": {"token_secret": "acs-unit-test-token-secret-0123456789",
+                    "clock_skew_seconds": 60, "token_ttl_seconds": 3600}
+        });
+        Config::parse(config.to_string().as_bytes()).unwrap()
+    }
+
+    fn post(config: &Config, store: &FakeShared, now_ms: i64, name: &str) -> Outcome {
+        let xml = testing::bytes(&format!("{name}.xml"));
+        let b64 = base64::engine::general_purpose::STANDARD.encode(xml);
+        let encoded = b64
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace('=', "%3D");
+        let body = format!("SAMLResponse={encoded}");
+        let now_ns = u64::try_from(now_ms).unwrap() * 1_000_000;
+        let ct = Some("application/x-www-form-urlencoded");
+        handle(config, store, now_ns, ct, body.as_bytes())
+    }
+
+    fn verdict(o: &Outcome) -> String {
+        match o.check {
+            Some(c) => c.code().to_string(),
+            None => o.reply.status.to_string(),
+        }
+    }
+
+    #[test]
+    fn an_assertion_with_two_bearer_confirmations_cannot_be_replayed_under_the_later() {
+        let config = config();
+        let store = FakeShared::default();
+        let first = post(&config, &store, at(0, 1, 0), "two_bearer_confirmations");
+        assert_eq!(verdict(&first), "200");
+        let body: serde_json::Value = serde_json::from_slice(&first.reply.body).unwrap();
+        assert_eq!(body["expires_at"], "2030-01-01T00:05:00Z");
+
+        // The first confirmation (00:02) and its skew are over; the second holds until 00:05
+        // (after which no token would be left to give).
+        for (m, s) in [(3, 0), (3, 30), (4, 0), (4, 59)] {
+            let again = post(&config, &store, at(0, m, s), "two_bearer_confirmations");
+            assert_eq!(verdict(&again), "replayed", "at 00:0{m}:{s:02}");
+        }
+        let late = post(&config, &store, at(0, 6, 0), "two_bearer_confirmations");
+        assert_eq!(verdict(&late), "expired");
+    }
+
+    #[test]
+    fn a_far_future_assertion_is_refused_once_too_old_and_leaves_the_store() {
+        let config = config();
+        let store = FakeShared::default();
+        let name = "far_future_not_on_or_after";
+        assert_eq!(verdict(&post(&config, &store, at(0, 1, 0), name)), "200");
+        assert_eq!(
+            verdict(&post(&config, &store, at(0, 5, 59), name)),
+            "replayed"
+        );
+
+        let too_old = post(&config, &store, at(0, 6, 0), name);
+        assert_eq!(verdict(&too_old), "expired");
+        let body: serde_json::Value = serde_json::from_slice(&too_old.reply.body).unwrap();
+        assert_eq!(body["error"]["code"], "saml_expired");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("issued more than 5 minutes ago (IssueInstant)"),
+            "{message}"
+        );
+
+        // By then its entry is gone from the store: the ID is free again.
+        assert_eq!(
+            replay::remember(&store, IDP, "_assertion-0001", at(0, 7, 0), at(0, 6, 0), 2),
+            Ok(Remember::Fresh)
+        );
+    }
+
+    #[test]
+    fn an_idp_flooding_the_replay_store_refuses_only_its_own_sign_ons() {
+        let config = config();
+        let store = FakeShared::default();
+        let share = replay::issuer_quota(2);
+
+        // globex's IdP signs as many long-lived assertions as it likes.
+        let mut stored = 0;
+        for i in 0..20_000 {
+            let id = format!("_flood-{i}");
+            match replay::remember(&store, EVIL_IDP, &id, i64::MAX, at(0, 1, 0), 2) {
+                Ok(Remember::Fresh) => stored += 1,
+                Ok(Remember::IssuerFull | Remember::Full) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+
+        // acme's users still sign in: globex's IdP holds its share of every bucket, no more.
+        let o = post(&config, &store, at(0, 1, 0), "signed_assertion");
+        assert_eq!(verdict(&o), "200");
+        assert_eq!(o.tenant, Some(0));
+        assert_eq!(stored, replay::BUCKETS * share);
+    }
+
+    #[test]
+    fn an_idp_over_its_share_gets_a_503_and_nothing_is_let_through() {
+        let config = config();
+        let store = FakeShared::default();
+        // acme's own IdP already holds its share of the bucket its next assertion falls in.
+        let bucket = replay::key_of(IDP, "_assertion-0001");
+        let share = replay::issuer_quota(2);
+        let ours: Vec<String> = (0..)
+            .map(|i| format!("_earlier-{i}"))
+            .filter(|id| replay::key_of(IDP, id) == bucket)
+            .take(share)
+            .collect();
+        for id in &ours {
+            assert_eq!(
+                replay::remember(&store, IDP, id, i64::MAX, 0, 2),
+                Ok(Remember::Fresh)
+            );
+        }
+        let before = store.map.borrow().clone();
+        let o = post(&config, &store, at(0, 1, 0), "signed_assertion");
+        assert_eq!((o.reply.status, o.check, o.tenant), (503, None, Some(0)));
+        let body: serde_json::Value = serde_json::from_slice(&o.reply.body).unwrap();
+        assert_eq!(body["error"]["code"], "sso_unavailable");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("identity provider"), "{message}");
+        assert_eq!(*store.map.borrow(), before, "nothing was remembered");
     }
 
     proptest::proptest! {

@@ -8,14 +8,22 @@
 //!    (`dsig`) against the IdP's pinned keys;
 //! 3. the response: `Version` 2.0, `Destination` our ACS URL (required when the response is
 //!    signed), `Issuer` (if present) the IdP's entity ID, status `Success`, `InResponseTo`;
-//! 4. the assertion: `Version` 2.0, `IssueInstant` not in the future, `Issuer` the IdP's entity
-//!    ID, a `Subject` with a `NameID`, a bearer `SubjectConfirmation` whose data names our ACS
-//!    URL as `Recipient`, is within `NotBefore`/`NotOnOrAfter`, and has the right
-//!    `InResponseTo`; `Conditions` within their time bounds, with only audience, one-time-use
-//!    and proxy restrictions, every `AudienceRestriction` naming our SP entity ID; at least
-//!    one `AuthnStatement`, whose `SessionNotOnOrAfter` has not passed.
+//! 4. the assertion: `Version` 2.0, `IssueInstant` not in the future and at most `MAX_AGE_MS`
+//!    ago, `Issuer` the IdP's entity ID, a `Subject` with a `NameID`, a bearer
+//!    `SubjectConfirmation` whose data names our ACS URL as `Recipient`, is within
+//!    `NotBefore`/`NotOnOrAfter`, and has the right `InResponseTo`; `Conditions` within their
+//!    time bounds, with only audience, one-time-use and proxy restrictions, every
+//!    `AudienceRestriction` naming our SP entity ID; at least one `AuthnStatement`, whose
+//!    `SessionNotOnOrAfter` has not passed.
 //!
-//! Time bounds allow the clock skew both ways: `NotBefore - skew <= now < NotOnOrAfter + skew`.
+//! Time bounds allow the clock skew both ways: `NotBefore - skew <= now < NotOnOrAfter + skew`,
+//! and `now < IssueInstant + MAX_AGE_MS + skew`.
+//!
+//! The age bound is what keeps the replay store small: the browser posts a response the moment
+//! the IdP issues it, so a few minutes is plenty, while `NotOnOrAfter` is whatever the IdP
+//! chose (an hour is common on `Conditions`; a malicious or broken IdP may say ten years). An
+//! accepted assertion's ID need only be remembered until the earlier of the two ends, and an
+//! assertion with several bearer confirmations until the latest of theirs.
 //!
 //! `InResponseTo`: this version sends no `AuthnRequest`, so every response it accepts is
 //! unsolicited, and an unsolicited response must not carry `InResponseTo`. One that does
@@ -45,6 +53,9 @@ const EMAIL_ATTRIBUTES: [&str; 6] = [
     "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/emailaddress",
 ];
 const MAX_SUBJECT_BYTES: usize = 256;
+/// How long after its `IssueInstant` (plus the clock skew) an assertion is still accepted,
+/// whatever its `NotOnOrAfter` says: five minutes (the Shibboleth SP allows three by default).
+pub const MAX_AGE_MS: i64 = 5 * 60 * 1000;
 
 /// What the service provider expects of a response.
 #[derive(Debug, Clone, Copy)]
@@ -64,11 +75,14 @@ pub struct Login {
     /// The `NameID`.
     pub subject: String,
     pub email: Option<String>,
-    /// The end of the assertion's validity: the earliest of the bearer confirmation's and
-    /// the conditions' `NotOnOrAfter` and the `SessionNotOnOrAfter`.
+    /// The end of the assertion's validity: the earliest of the conditions' `NotOnOrAfter`,
+    /// the `SessionNotOnOrAfter`, and the latest `NotOnOrAfter` of the bearer confirmations
+    /// that hold now.
     pub not_on_or_after_ms: i64,
-    /// Until when the assertion could still be accepted (its `NotOnOrAfter` plus the skew):
-    /// how long its ID must be remembered against replay.
+    /// Until when the assertion could still be accepted: the conditions' `NotOnOrAfter` or
+    /// the latest of every bearer confirmation's, whichever is earlier, plus the skew; and
+    /// never past `IssueInstant + MAX_AGE_MS + skew`. How long its ID must be remembered
+    /// against replay.
     pub acceptable_until_ms: i64,
 }
 
@@ -251,6 +265,18 @@ pub fn validate(doc: &Document, expect: &Expectations<'_>, now_ms: i64) -> Resul
             "the assertion was issued in the future",
         ));
     }
+    let fresh_until = issued
+        .saturating_add(MAX_AGE_MS)
+        .saturating_add(expect.clock_skew_ms);
+    if now_ms >= fresh_until {
+        return Err(Failure::new(
+            Check::Expired,
+            format!(
+                "the assertion was issued more than {} minutes ago (IssueInstant); sign in again",
+                MAX_AGE_MS / 60_000
+            ),
+        ));
+    }
     let issuer = doc
         .child(assertion, ASSERTION_NS, "Issuer")
         .ok_or(Failure::new(Check::Issuer, "the assertion names no Issuer"))?;
@@ -278,14 +304,23 @@ pub fn validate(doc: &Document, expect: &Expectations<'_>, now_ms: i64) -> Resul
     let conditions_until = conditions(doc, assertion, expect, now_ms)?;
     let session_until = authn_statements(doc, assertion, now_ms)?;
 
-    let acceptable_until = conditions_until.map_or(confirmed_until, |c| c.min(confirmed_until));
-    let not_on_or_after = session_until.map_or(acceptable_until, |s| s.min(acceptable_until));
+    let valid_until = conditions_until.map_or(confirmed_until, |c| c.min(confirmed_until));
+    let not_on_or_after = session_until.map_or(valid_until, |s| s.min(valid_until));
+
+    // Later, another of its bearer confirmations may hold (one with a later NotOnOrAfter, or
+    // a NotBefore still ahead): the ID is remembered until the last of them has expired, and
+    // any that cannot hold costs nothing, as the age bound caps it.
+    let any_confirmation_until = latest_bearer_end(doc, subject_el).max(confirmed_until);
+    let acceptable_until = conditions_until
+        .map_or(any_confirmation_until, |c| c.min(any_confirmation_until))
+        .saturating_add(expect.clock_skew_ms)
+        .min(fresh_until);
     Ok(Login {
         assertion_id: doc.attr(assertion, "ID").unwrap_or_default().to_string(),
         email: email(doc, assertion, name_id, &subject, expect.idp),
         subject,
         not_on_or_after_ms: not_on_or_after,
-        acceptable_until_ms: acceptable_until.saturating_add(expect.clock_skew_ms),
+        acceptable_until_ms: acceptable_until,
     })
 }
 
@@ -376,7 +411,8 @@ fn check_window(
     Ok(())
 }
 
-/// A bearer confirmation that holds; its `NotOnOrAfter`. The first one's failure otherwise.
+/// The latest `NotOnOrAfter` of the bearer confirmations that hold now; the first failure if
+/// none does.
 fn bearer_confirmation(
     doc: &Document,
     subject: NodeId,
@@ -384,21 +420,35 @@ fn bearer_confirmation(
     now: i64,
 ) -> Result<i64, Failure> {
     let mut first_failure = None;
-    for confirmation in doc.children_named(subject, ASSERTION_NS, "SubjectConfirmation") {
-        if doc.attr(confirmation, "Method") != Some(BEARER) {
-            continue;
-        }
+    let mut holds_until: Option<i64> = None;
+    for confirmation in bearer_confirmations(doc, subject) {
         match check_confirmation(doc, confirmation, expect, now) {
-            Ok(until) => return Ok(until),
+            Ok(until) => holds_until = holds_until.max(Some(until)),
             Err(f) => {
                 first_failure.get_or_insert(f);
             }
         }
     }
-    Err(first_failure.unwrap_or(Failure::new(
-        Check::BearerConfirmation,
-        "the Subject has no bearer SubjectConfirmation",
-    )))
+    holds_until.ok_or_else(|| {
+        first_failure.unwrap_or(Failure::new(
+            Check::BearerConfirmation,
+            "the Subject has no bearer SubjectConfirmation",
+        ))
+    })
+}
+
+/// The latest `NotOnOrAfter` of any bearer confirmation, whether it holds or not (0: none).
+fn latest_bearer_end(doc: &Document, subject: NodeId) -> i64 {
+    bearer_confirmations(doc, subject)
+        .filter_map(|c| only_child(doc, c, "SubjectConfirmationData"))
+        .filter_map(|data| doc.attr(data, "NotOnOrAfter").and_then(parse_ms))
+        .max()
+        .unwrap_or(0)
+}
+
+fn bearer_confirmations(doc: &Document, subject: NodeId) -> impl Iterator<Item = NodeId> + '_ {
+    doc.children_named(subject, ASSERTION_NS, "SubjectConfirmation")
+        .filter(move |c| doc.attr(*c, "Method") == Some(BEARER))
 }
 
 fn check_confirmation(
@@ -558,5 +608,81 @@ fn email(
         plausible(subject)
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+
+    use super::*;
+    use crate::saml::testing::{self, at, ACS, SKEW_MS, SP};
+
+    fn check(name: &str, now: i64) -> Result<Login, Failure> {
+        let idp = testing::idp();
+        let expect = Expectations {
+            idp: &idp,
+            sp_entity_id: SP,
+            acs_url: ACS,
+            clock_skew_ms: SKEW_MS,
+            in_response_to: None,
+        };
+        validate(&testing::vector(name), &expect, now)
+    }
+
+    #[test]
+    fn an_ordinary_assertion_is_remembered_until_its_end_plus_the_skew() {
+        let login = check("signed_assertion", at(0, 1, 0)).unwrap();
+        assert_eq!(login.not_on_or_after_ms, at(0, 5, 0));
+        assert_eq!(login.acceptable_until_ms, at(0, 6, 0));
+    }
+
+    #[test]
+    fn an_id_is_remembered_until_the_last_bearer_confirmation_ends() {
+        // The first confirmation ends at 00:02, the second (and the conditions) at 00:05.
+        let login = check("two_bearer_confirmations", at(0, 1, 0)).unwrap();
+        assert_eq!(login.not_on_or_after_ms, at(0, 5, 0));
+        assert_eq!(login.acceptable_until_ms, at(0, 6, 0));
+        // Past the first's end and its skew, it is still accepted under the second: which is
+        // why its ID must still be remembered then.
+        let later = check("two_bearer_confirmations", at(0, 4, 0)).unwrap();
+        assert_eq!(later.acceptable_until_ms, at(0, 6, 0));
+        assert_eq!(
+            check("two_bearer_confirmations", at(0, 6, 0)).map_err(|f| f.check),
+            Err(Check::Expired)
+        );
+    }
+
+    #[test]
+    fn a_far_future_not_on_or_after_is_honoured_only_for_the_maximum_age() {
+        // Valid for ten years, says the IdP; issued at midnight.
+        let login = check("far_future_not_on_or_after", at(0, 1, 0)).unwrap();
+        assert_eq!(login.acceptable_until_ms, at(0, 6, 0));
+        assert!(check("far_future_not_on_or_after", at(0, 5, 59)).is_ok());
+        let too_old = check("far_future_not_on_or_after", at(0, 6, 0)).unwrap_err();
+        assert_eq!(too_old.check, Check::Expired);
+        assert!(too_old.detail.contains("issued more than 5 minutes ago"));
+        assert!(too_old.detail.contains("IssueInstant"));
+
+        let old = check("issued_long_ago_far_future", at(0, 1, 0)).unwrap_err();
+        assert_eq!(old.check, Check::Expired);
+        assert!(old.detail.contains("IssueInstant"), "{old}");
+    }
+
+    #[test]
+    fn the_remembered_lifetime_is_bounded_whatever_the_assertion_says() {
+        // However an assertion accepted now ends, its ID leaves the store within the maximum
+        // age plus twice the skew (it may claim to be issued up to the skew ahead).
+        for name in [
+            "signed_assertion",
+            "two_bearer_confirmations",
+            "far_future_not_on_or_after",
+        ] {
+            let now = at(0, 1, 0);
+            let login = check(name, now).unwrap();
+            assert!(
+                login.acceptable_until_ms - now <= MAX_AGE_MS + 2 * SKEW_MS,
+                "{name}"
+            );
+        }
     }
 }

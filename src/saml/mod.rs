@@ -25,6 +25,8 @@ pub mod c14n;
 pub mod dsig;
 pub mod metadata;
 pub mod replay;
+#[cfg(test)]
+mod testing;
 pub mod time;
 pub mod token;
 pub mod xml;

@@ -103,6 +103,23 @@ def session_ended(assertion: etree._Element) -> None:
     statement.set("SessionNotOnOrAfter", samlgen.iso(NOW - dt.timedelta(seconds=1)))
 
 
+def far_future(assertion: etree._Element) -> None:
+    """NotOnOrAfter ten years ahead on the conditions and the confirmation."""
+    end = samlgen.iso(ISSUED + dt.timedelta(days=3650))
+    assertion.find(q(SAML, "Conditions")).set("NotOnOrAfter", end)
+    assertion.find(SUBJECT_CONFIRMATION_DATA).set("NotOnOrAfter", end)
+
+
+def two_bearer_confirmations(assertion: etree._Element) -> None:
+    """A second bearer confirmation like the first; the first's NotOnOrAfter two minutes after
+    issue, the second's (and the conditions') five."""
+    first = assertion.find(f"{q(SAML, 'Subject')}/{q(SAML, 'SubjectConfirmation')}")
+    first.addnext(copy.deepcopy(first))
+    first.find(q(SAML, "SubjectConfirmationData")).set(
+        "NotOnOrAfter", samlgen.iso(ISSUED + dt.timedelta(minutes=2))
+    )
+
+
 def parsed(data: bytes) -> etree._Element:
     return etree.fromstring(data)
 
@@ -129,6 +146,9 @@ def set_text(path: str, value: str) -> Callable[[etree._Element], None]:
 
 
 NAME_ID = f"{q(SAML, 'Assertion')}/{q(SAML, 'Subject')}/{q(SAML, 'NameID')}"
+SUBJECT_CONFIRMATION_DATA = (
+    f"{q(SAML, 'Subject')}/{q(SAML, 'SubjectConfirmation')}/{q(SAML, 'SubjectConfirmationData')}"
+)
 AUDIENCE = (
     f"{q(SAML, 'Assertion')}/{q(SAML, 'Conditions')}/{q(SAML, 'AudienceRestriction')}/"
     f"{q(SAML, 'Audience')}"
@@ -962,6 +982,32 @@ def vectors() -> list[dict]:
         signed_after(session_ended),
         "expired",
         "the IdP session ended (SessionNotOnOrAfter) a second ago",
+    )
+    add(
+        "two_bearer_confirmations",
+        signed_after(two_bearer_confirmations),
+        "ok",
+        "two bearer confirmations, ending two and five minutes after issue: the token ends "
+        "with the later; the ID is remembered until then (the Rust tests replay it later)",
+        xmlsec1={a: "valid"},
+    )
+    add(
+        "far_future_not_on_or_after",
+        signed_after(far_future),
+        "replayed",
+        "NotOnOrAfter ten years ahead, posted twice: accepted once; the ID is remembered only "
+        "until five minutes after issue plus the skew, when the assertion is refused as too old "
+        "(the Rust tests post it later)",
+        after=["far_future_not_on_or_after"],
+        xmlsec1={a: "valid"},
+    )
+    add(
+        "issued_long_ago_far_future",
+        signed(issued=ISSUED - minute * 10, lifetime=dt.timedelta(days=3650)),
+        "expired",
+        "issued ten minutes ago, its NotOnOrAfter ten years ahead: too old, whatever its "
+        "NotOnOrAfter says",
+        xmlsec1={a: "valid"},
     )
     add(
         "in_response_to",

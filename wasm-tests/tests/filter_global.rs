@@ -73,9 +73,9 @@ fn an_admitted_request_waits_for_both_answers_then_goes_on() {
     let calls = calls(&gate);
     assert_eq!(calls.len(), 2, "one call per limit");
     let reserved = CHAT_PROMPT_ESTIMATE + 100;
-    for ((call, asked), (kind, hits)) in calls
+    for ((call, asked), (kind, hits, limit)) in calls
         .iter()
-        .zip([(Kind::Requests, 1), (Kind::Tokens, reserved)])
+        .zip([(Kind::Requests, 1, 100), (Kind::Tokens, reserved, 100_000)])
     {
         assert_eq!(call.cluster, "ratelimit");
         assert!(call.serialized_service, "named inside a GrpcService");
@@ -95,6 +95,8 @@ fn an_admitted_request_waits_for_both_answers_then_goes_on() {
             (asked.descriptor_hits, asked.request_hits),
             (Some(hits), hits)
         );
+        // The tenant's own limit of that kind, per minute (unit 2), as the override.
+        assert_eq!(asked.limit, Some((limit, 2)));
     }
 
     answer(&gate, &calls[1].0, rls::ok(Some((100_000, 60_000, 30))));
@@ -363,6 +365,20 @@ fn a_client_that_leaves_while_waiting_gives_its_reservation_back() {
     );
     assert!(gate.billing().is_empty(), "it never ran");
     assert_eq!(gate.audits().len(), 1);
+}
+
+#[test]
+fn send_limits_false_leaves_the_limits_to_the_service() {
+    let gate = gate_with(
+        ACME.limits(100, 100_000),
+        json!({"cluster": "ratelimit", "send_limits": false}),
+    );
+    let _exchange = ask(&gate, 10);
+    let calls = calls(&gate);
+    assert_eq!(calls.len(), 2);
+    for (_, asked) in &calls {
+        assert_eq!(asked.limit, None, "{asked:?}");
+    }
 }
 
 #[test]

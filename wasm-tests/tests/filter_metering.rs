@@ -477,3 +477,322 @@ fn a_client_that_leaves_before_any_response_is_billed_its_prompt() {
         (1_000_000, CHAT_PROMPT_ESTIMATE * 1_000_000)
     );
 }
+
+/// Bodies Python servers accept and serde_json (like RFC 8259) does not.
+fn unreadable_bodies() -> Vec<(&'static str, String)> {
+    let deep = format!(
+        r#"{{"model":"gpt-test","stream":true,"messages":[{{"role":"user","content":"hi"}}],"x":{}{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    vec![
+        (
+            "NaN",
+            r#"{"model":"gpt-test","stream":true,"temperature":NaN,"messages":[{"role":"user","content":"hi"}]}"#.to_string(),
+        ),
+        (
+            "a lone surrogate key",
+            r#"{"model":"gpt-test","stream":true,"\ud800":1,"messages":[{"role":"user","content":"hi"}]}"#.to_string(),
+        ),
+        (
+            "1e999",
+            r#"{"model":"gpt-test","stream":true,"top_p":1e999,"messages":[{"role":"user","content":"hi"}]}"#.to_string(),
+        ),
+        ("nesting deeper than 128", deep),
+    ]
+}
+
+#[test]
+fn a_body_the_filter_cannot_read_is_refused_before_the_model_server_sees_it() {
+    let gate = Gate::default_one();
+    for (what, body) in unreadable_bodies() {
+        let request = Request::post(CHAT, ACME.key(), &body).header("x-request-id", what);
+        let exchange = send(gate.vm(0), &request, &Response::usage(1, 1)).unwrap();
+        let reply = exchange.expect_reply();
+        assert_eq!(
+            gate::assert_openai_error(&reply, 400, "invalid_request_error"),
+            "invalid_json",
+            "{what}"
+        );
+        // Said in words (naming what it does not read), without quoting the body.
+        let message = gate::reply_json(&reply)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(message.contains("not valid JSON"), "{what}: {message}");
+        for fragment in [
+            "ud800",
+            "1e999",
+            "[[",
+            "gpt-test",
+            "temperature",
+            "top_p",
+            "\"content\"",
+        ] {
+            assert!(!message.contains(fragment), "{what}: {message}");
+        }
+        // Nothing went upstream, not even with include_usage added.
+        assert!(
+            exchange.stream.forwarded_request_body().is_empty(),
+            "{what}"
+        );
+        assert_eq!(exchange.stream.continued_request(), 0, "{what}");
+    }
+    assert!(gate.billing().is_empty(), "{:?}", gate.billing());
+    let audits = gate.audits();
+    assert_eq!(audits.len(), 4);
+    assert!(audits.iter().all(|a| a["status_code"] == 400), "{audits:?}");
+    // No request was reserved.
+    assert_eq!(gate.bucket("acme").requests_micro, 0);
+
+    // The same on every other inference shape; an empty body too.
+    for path in [
+        "/v1/messages",
+        "/v1/responses",
+        "/api/chat",
+        "/completion",
+        "/generate",
+    ] {
+        for body in [r#"{"max_tokens":NaN}"#, ""] {
+            let exchange = send(
+                gate.vm(0),
+                &Request::post(path, ACME.key(), body),
+                &Response::usage(1, 1),
+            )
+            .unwrap();
+            assert_eq!(exchange.error_code(), "invalid_json", "{path} {body:?}");
+        }
+    }
+
+    // A route of no known shape takes it: its format is the server's business.
+    let (_, nan) = &unreadable_bodies()[0];
+    let exchange = send(
+        gate.vm(0),
+        &Request::post("/v1/custom", ACME.key(), nan),
+        &Response::json(200, "{}"),
+    )
+    .unwrap();
+    assert!(exchange.admitted());
+    assert_eq!(exchange.stream.forwarded_request_body(), nan.as_bytes());
+}
+
+/// What the filter reserved for a request, from the `x-ratelimit-remaining-tokens` it tells.
+fn reserved(gate: &Gate, request: &Request, response: &Response) -> u64 {
+    let budget = 1_000_000;
+    let exchange = send(gate.vm(0), request, response).unwrap();
+    assert!(exchange.admitted());
+    let remaining: u64 = exchange
+        .stream
+        .response_header("x-ratelimit-remaining-tokens")
+        .unwrap()
+        .parse()
+        .unwrap();
+    budget - remaining
+}
+
+#[test]
+fn a_zero_output_cap_is_no_cap() {
+    // A fresh gate per request, so that each reservation is read on a full bucket.
+    let one = |path: &str, body: Value| {
+        let gate = Gate::default_one();
+        let request = Request::post(path, ACME.key(), &body.to_string());
+        reserved(&gate, &request, &Response::json(500, "{}"))
+    };
+    let hi = json!([{"role": "user", "content": "hi"}]);
+    // Servers read `max_completion_tokens or max_tokens`: a zero is not a cap.
+    let r = one(
+        CHAT,
+        json!({"model": "gpt-test", "messages": hi, "max_completion_tokens": 0, "max_tokens": 5000}),
+    );
+    assert_eq!(r, CHAT_PROMPT_ESTIMATE + 5000);
+    let r = one(
+        CHAT,
+        json!({"model": "gpt-test", "messages": hi, "max_completion_tokens": 0}),
+    );
+    assert_eq!(r, CHAT_PROMPT_ESTIMATE + 1024);
+    // Ollama: `num_predict` 0 or negative (-1 no limit, -2 fill the context) is no cap.
+    for n in [0, -1, -2] {
+        let r = one(
+            "/api/chat",
+            json!({"model": "gpt-test", "messages": hi, "options": {"num_predict": n}}),
+        );
+        assert_eq!(r, CHAT_PROMPT_ESTIMATE + 1024, "num_predict {n}");
+    }
+    for (path, body) in [
+        (
+            "/v1/responses",
+            json!({"input": "hi", "max_output_tokens": 0}),
+        ),
+        ("/v1/messages", json!({"messages": hi, "max_tokens": 0})),
+    ] {
+        assert!(one(path, body) > 1024, "{path}");
+    }
+}
+
+#[test]
+fn tool_definitions_count_against_the_token_budget() {
+    // 100 KB of tool definitions beside a one-word message, on a 3000-token budget.
+    let cfg = config(&[ACME.limits(1000, 3000)]);
+    let gate = Gate::start(&cfg, 1);
+    let tool = json!({"type": "function", "function": {"name": "lookup",
+        "description": "Looks a record up. ".repeat(100),
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}});
+    let tools: Vec<Value> = (0..50).map(|_| tool.clone()).collect();
+    let body = json!({"model": "gpt-test", "max_tokens": 10, "tools": tools,
+        "messages": [{"role": "user", "content": "hi"}]})
+    .to_string();
+    assert!(body.len() > 100_000);
+    let mut admitted = 0;
+    for _ in 0..30 {
+        let exchange = send(
+            gate.vm(0),
+            &Request::post(CHAT, ACME.key(), &body),
+            &Response::usage(25_000, 10),
+        )
+        .unwrap();
+        if exchange.admitted() {
+            admitted += 1;
+        } else {
+            // More than the whole budget: it can never pass, and the client is told so.
+            assert_eq!(exchange.error_code(), "request_too_large");
+        }
+    }
+    assert_eq!(admitted, 0);
+
+    // On a budget that fits one, the reservation covers the tools, not just "hi".
+    let gate = Gate::default_one();
+    let r = reserved(
+        &gate,
+        &Request::post(CHAT, ACME.key(), &body),
+        &Response::json(500, "{}"),
+    );
+    assert!(
+        r >= body.len() as u64 / 5 && r <= body.len() as u64 / 4 + 10,
+        "{r}"
+    );
+}
+
+#[test]
+fn well_known_native_routes_are_metered() {
+    let gate = Gate::default_one();
+    // llama.cpp's own /completion: counts in its last object.
+    let llama = json!({"content": " Paris.", "id_slot": 0, "index": 0, "model": "gpt-3.5-turbo",
+        "prompt": "The capital of France is", "stop": true, "stop_type": "eos", "stopping_word": "",
+        "timings": {"cache_n": 0, "predicted_n": 3, "prompt_n": 6}, "tokens": [],
+        "tokens_cached": 8, "tokens_evaluated": 6, "tokens_predicted": 3, "truncated": false});
+    send(
+        gate.vm(0),
+        &Request::post(
+            "/completion",
+            ACME.key(),
+            r#"{"prompt":"The capital of France is","n_predict":16}"#,
+        ),
+        &Response::json(200, &llama.to_string()),
+    )
+    .unwrap();
+    // SGLang's /generate.
+    let sglang = json!({"text": " Paris.", "output_ids": [12095, 13],
+        "meta_info": {"id": "a1", "finish_reason": {"type": "stop", "matched": 151645},
+        "prompt_tokens": 6, "completion_tokens": 2, "cached_tokens": 0, "e2e_latency": 0.05}});
+    send(
+        gate.vm(0),
+        &Request::post(
+            "/generate",
+            ACME.key(),
+            r#"{"text":"The capital of France is","sampling_params":{"max_new_tokens":16}}"#,
+        ),
+        &Response::json(200, &sglang.to_string()),
+    )
+    .unwrap();
+    // TGI's /generate_stream: the output is reported, the prompt's size only in newer
+    // versions.
+    let tgi = b"data:{\"index\":1,\"token\":{\"id\":12366,\"text\":\" Paris\",\"logprob\":-0.1,\"special\":false},\"generated_text\":null,\"details\":null}\n\ndata:{\"index\":2,\"token\":{\"id\":13,\"text\":\".\",\"logprob\":-0.2,\"special\":false},\"generated_text\":\" Paris.\",\"details\":{\"finish_reason\":\"eos_token\",\"generated_tokens\":2,\"seed\":null}}\n\n";
+    send(
+        gate.vm(0),
+        &Request::post("/generate_stream", ACME.key(), r#"{"inputs":"The capital of France is","parameters":{"max_new_tokens":16,"details":true}}"#),
+        &Response::sse(&[tgi]),
+    )
+    .unwrap();
+
+    let billing = gate.billing();
+    assert_eq!(billing.len(), 3, "{billing:?}");
+    assert_eq!(billing[0]["api"], "llamacpp_completion");
+    assert_eq!(
+        (usage_of(&billing[0]), &billing[0]["usage_source"]),
+        ((6, 3), &json!("reported"))
+    );
+    assert_eq!(billing[1]["api"], "generate");
+    assert_eq!(
+        (usage_of(&billing[1]), &billing[1]["usage_source"]),
+        ((6, 2), &json!("reported"))
+    );
+    assert_eq!(billing[2]["api"], "generate");
+    // The prompt estimated (`{"inputs":"The capital of France is"}`: 37 bytes), the output
+    // as TGI reported it.
+    assert_eq!(
+        (usage_of(&billing[2]), &billing[2]["usage_source"]),
+        ((10, 2), &json!("estimated"))
+    );
+}
+
+#[test]
+fn an_unknown_post_route_that_reports_nothing_is_billed_an_estimate() {
+    let gate = Gate::default_one();
+    // A server's own format on a route the gateway does not know: what it answered counts,
+    // up to the default output reservation.
+    let body = r#"{"inputs":"Tell me a story about a dragon."}"#;
+    let answer = format!(r#"{{"story":"{}"}}"#, "Once upon a time ".repeat(20));
+    let exchange = send(
+        gate.vm(0),
+        &Request::post("/v1/custom/generate", ACME.key(), body),
+        &Response::json(200, &answer),
+    )
+    .unwrap();
+    assert!(exchange.admitted());
+    // And a stream of it, larger than the default reservation.
+    let event = format!("data: {{\"token\":\"{}\"}}\n\n", "x".repeat(100));
+    let stream = event.repeat(50);
+    send(
+        gate.vm(0),
+        &Request::post("/v1/custom/stream", ACME.key(), body),
+        &Response::sse(&[stream.as_bytes()]),
+    )
+    .unwrap();
+    // Nothing sent, nothing to bill; a failure is not billed; a count is free.
+    send(
+        gate.vm(0),
+        &Request::new("POST", "/v1/custom/cancel").bearer(ACME.key()),
+        &Response::json(200, &answer),
+    )
+    .unwrap();
+    send(
+        gate.vm(0),
+        &Request::post("/v1/custom/generate", ACME.key(), body),
+        &Response::json(500, &answer),
+    )
+    .unwrap();
+    send(
+        gate.vm(0),
+        &Request::post(
+            "/v1/messages/count_tokens",
+            ACME.key(),
+            r#"{"model":"claude-x","messages":[{"role":"user","content":"hi"}]}"#,
+        ),
+        &Response::json(200, r#"{"input_tokens":9}"#),
+    )
+    .unwrap();
+
+    let billing = gate.billing();
+    assert_eq!(billing.len(), 2, "{billing:?}");
+    for record in &billing {
+        assert_eq!(record["api"], "unknown");
+        assert_eq!(record["usage_source"], "estimated");
+        assert_eq!(record["input_tokens"], (body.len() as u64).div_ceil(4));
+    }
+    assert_eq!(
+        billing[0]["output_tokens"],
+        (answer.len() as u64).div_ceil(4)
+    );
+    assert_eq!(billing[1]["output_tokens"], 1024);
+    assert_eq!(gate.metric("inference_gate.usage.estimated"), 2);
+}

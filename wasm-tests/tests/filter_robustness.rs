@@ -34,10 +34,12 @@ fn assert_still_serving(gate: &Gate) {
 }
 
 #[test]
-fn garbage_request_bodies_are_estimated_from_their_size() {
+fn garbage_request_bodies_are_refused_and_an_array_is_estimated_from_its_size() {
     let gate = Gate::default_one();
     let mut nested = String::from("{\"messages\":[{\"content\":");
     nested.push_str(&"[".repeat(20_000));
+    // Bodies the filter cannot read as JSON: refused before the model server sees them
+    // (metering::BadBody), never an estimate that the stream could run past.
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (
             "invalid UTF-8",
@@ -46,10 +48,6 @@ fn garbage_request_bodies_are_estimated_from_their_size() {
         (
             "truncated JSON",
             br#"{"model":"m","messages":[{"role":"user","content":"hi"#.to_vec(),
-        ),
-        (
-            "a JSON array",
-            br#"[{"model":"m","max_tokens":5}]"#.to_vec(),
         ),
         (
             "a float too large",
@@ -67,22 +65,37 @@ fn garbage_request_bodies_are_estimated_from_their_size() {
             &Response::json(200, r#"{"choices":[]}"#),
         )
         .unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert!(exchange.admitted(), "{what}");
-        assert_eq!(exchange.stream.forwarded_request_body(), *body, "{what}");
-    }
-    // No usage came back: each is billed its admission estimate (a quarter token per byte,
-    // rounded up; no output seen).
-    let billing = gate.billing();
-    assert_eq!(billing.len(), cases.len());
-    for ((what, body), record) in cases.iter().zip(&billing) {
-        assert_eq!(record["usage_source"], "estimated", "{what}");
+        let reply = exchange.expect_reply();
         assert_eq!(
-            record["input_tokens"],
-            body.len().div_ceil(4) as u64,
+            gate::assert_openai_error(&reply, 400, "invalid_request_error"),
+            "invalid_json",
             "{what}"
         );
-        assert_eq!(record["output_tokens"], 0, "{what}");
+        assert!(
+            exchange.stream.forwarded_request_body().is_empty(),
+            "{what}"
+        );
     }
+    assert!(gate.billing().is_empty());
+    assert_eq!(gate.bucket("acme").tokens_micro, 0);
+
+    // JSON that is not an object goes on (the server refuses it); billed its admission
+    // estimate if it is served anyway (a quarter token per byte, rounded up; no output seen).
+    let array = br#"[{"model":"m","max_tokens":5}]"#;
+    let request = Request::new("POST", CHAT).bearer(ACME.key()).body(array);
+    let exchange = send(
+        gate.vm(0),
+        &request,
+        &Response::json(200, r#"{"choices":[]}"#),
+    )
+    .unwrap();
+    assert!(exchange.admitted());
+    assert_eq!(exchange.stream.forwarded_request_body(), array);
+    let billing = gate.billing();
+    assert_eq!(billing.len(), 1);
+    assert_eq!(billing[0]["usage_source"], "estimated");
+    assert_eq!(billing[0]["input_tokens"], array.len().div_ceil(4) as u64);
+    assert_eq!(billing[0]["output_tokens"], 0);
     assert_still_serving(&gate);
 }
 
@@ -119,7 +132,8 @@ fn absurd_numbers_in_a_request_are_refused_or_defaulted_without_overflow() {
     assert!(exchange.admitted());
     let record = &gate.billing()[0];
     assert_eq!(record["usage_source"], "estimated");
-    assert_eq!(record["input_tokens"], 3);
+    // The body as written, without its numbers: `{"messages":[],"best_of":"x"}`.
+    assert_eq!(record["input_tokens"], 8);
     assert_still_serving(&gate);
 }
 

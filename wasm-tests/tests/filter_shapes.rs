@@ -57,6 +57,10 @@ impl Fixture {
             "anthropic_messages" => "/v1/messages",
             "ollama_chat" => "/api/chat",
             "ollama_generate" => "/api/generate",
+            "openai_invocations" => "/invocations",
+            "llamacpp_completion" => "/completion",
+            "generate" => "/generate",
+            "unmetered" => "/v1/messages/count_tokens",
             other => panic!("no route for {other}"),
         };
         Fixture {

@@ -297,6 +297,45 @@ fn a_session_token_is_accepted_as_its_tenant_and_audited() {
 }
 
 #[test]
+fn an_assertion_is_remembered_while_any_confirmation_holds_and_no_longer_than_its_age_allows() {
+    let v = Vectors::load();
+    let code = |body: &Value| body["error"]["code"].as_str().map(str::to_string);
+
+    // Two bearer confirmations, ending at 00:02 and 00:05: at 00:04 the first (and its skew)
+    // is over, the second still holds, and the assertion is still remembered.
+    let gate = v.gate(2);
+    let (status, body) = post(&gate, 0, &v.bytes("two_bearer_confirmations"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["expires_at"], "2030-01-01T00:05:00Z");
+    gate.host.advance(Duration::from_secs(3 * 60));
+    let (status, body) = post(&gate, 1, &v.bytes("two_bearer_confirmations"));
+    assert_eq!(
+        (status, code(&body).as_deref()),
+        (401, Some("saml_replayed"))
+    );
+
+    // NotOnOrAfter ten years ahead: accepted once, then refused as too old from five minutes
+    // after issue plus the skew (00:06), however long the IdP said it was good for.
+    let gate = v.gate(2);
+    let (status, body) = post(&gate, 0, &v.bytes("far_future_not_on_or_after"));
+    assert_eq!(status, 200, "{body}");
+    gate.host.advance(Duration::from_secs(4 * 60 + 59));
+    let (status, body) = post(&gate, 1, &v.bytes("far_future_not_on_or_after"));
+    assert_eq!(
+        (status, code(&body).as_deref()),
+        (401, Some("saml_replayed"))
+    );
+    gate.host.advance(Duration::from_secs(1));
+    let (status, body) = post(&gate, 1, &v.bytes("far_future_not_on_or_after"));
+    assert_eq!(
+        (status, code(&body).as_deref()),
+        (401, Some("saml_expired"))
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("(IssueInstant)"), "{message}");
+}
+
+#[test]
 fn session_tokens_expire_and_cannot_be_forged() {
     let v = Vectors::load();
     let gate = v.gate(1);

@@ -4,7 +4,9 @@
 //! inference-gate does beyond the key check, and the difference between this and bare Envoy is
 //! what running any Proxy-Wasm filter costs.
 //!
-//! Plugin configuration: one `<key> <tenant>` per line.
+//! Plugin configuration: one `<key> <tenant>` per line. For the host-calls section's
+//! calibration, a line `@reads <n> <header>` makes every admitted request read that request
+//! header `n` more times: the cost of one host call, measured in Envoy.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -14,11 +16,19 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
-    proxy_wasm::set_root_context(|_| Box::new(Root { keys: Rc::default() }));
+    proxy_wasm::set_root_context(|_| Box::new(Root { keys: Rc::default(), reads: Rc::default() }));
 }}
+
+/// Extra reads of one request header per request (`@reads`), for the calibration.
+#[derive(Default)]
+struct Reads {
+    count: usize,
+    header: String,
+}
 
 struct Root {
     keys: Rc<HashMap<String, String>>,
+    reads: Rc<Reads>,
 }
 
 impl Context for Root {}
@@ -29,8 +39,16 @@ impl RootContext for Root {
             .get_plugin_configuration()
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .unwrap_or_default();
+        let calibration = text.lines().find_map(|line| line.strip_prefix("@reads "));
+        if let Some((count, header)) = calibration.and_then(|rest| rest.split_once(' ')) {
+            self.reads = Rc::new(Reads {
+                count: count.parse().unwrap_or(0),
+                header: header.trim().to_string(),
+            });
+        }
         self.keys = Rc::new(
             text.lines()
+                .filter(|line| !line.starts_with('@'))
                 .filter_map(|line| line.split_once(' '))
                 .map(|(key, tenant)| (key.to_string(), tenant.trim().to_string()))
                 .collect(),
@@ -41,6 +59,7 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(KeyCheck {
             keys: Rc::clone(&self.keys),
+            reads: Rc::clone(&self.reads),
         }))
     }
 
@@ -51,6 +70,7 @@ impl RootContext for Root {
 
 struct KeyCheck {
     keys: Rc<HashMap<String, String>>,
+    reads: Rc<Reads>,
 }
 
 impl Context for KeyCheck {}
@@ -66,6 +86,9 @@ impl HttpContext for KeyCheck {
         match tenant {
             Some(tenant) => {
                 let tenant = tenant.clone();
+                for _ in 0..self.reads.count {
+                    let _ = self.get_http_request_header(&self.reads.header);
+                }
                 self.set_http_request_header("authorization", None);
                 self.set_http_request_header("x-tenant-id", Some(&tenant));
                 Action::Continue

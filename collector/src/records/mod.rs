@@ -42,7 +42,11 @@ pub struct BillingRecord {
     pub request_id: Option<String>,
     pub api: String,
     pub usage_source: UsageSource,
+    /// Input read from the prompt cache; part of `input_tokens`.
     pub cached_input_tokens: Option<u64>,
+    /// Input written to the prompt cache (Anthropic's `cache_creation_input_tokens`); part of
+    /// `input_tokens`, kept apart because it is priced apart.
+    pub cache_write_input_tokens: Option<u64>,
     pub reasoning_tokens: Option<u64>,
 }
 

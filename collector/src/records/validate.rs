@@ -27,9 +27,58 @@ pub enum BatchError {
     Record { param: String, problem: String },
 }
 
-/// Parses and validates a whole `POST /v1/records` body. Unknown fields are ignored so that a
-/// newer filter can talk to an older collector.
+/// The fields a billing record may carry; any other is refused, so that a misspelt field
+/// (`input_token`) cannot lose a figure silently. Upgrade collectors before filters.
+const BILLING_FIELDS: [&str; 13] = [
+    "kind",
+    "id",
+    "timestamp",
+    "tenant_id",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_input_tokens",
+    "reasoning_tokens",
+    "model",
+    "request_id",
+    "api",
+    "usage_source",
+];
+
+/// The fields an audit entry may carry.
+const AUDIT_FIELDS: [&str; 13] = [
+    "kind",
+    "id",
+    "timestamp",
+    "tenant_id",
+    "action",
+    "result",
+    "resource",
+    "status_code",
+    "method",
+    "path",
+    "remote_addr",
+    "request_id",
+    "actor",
+];
+
+/// How far ahead of the collector's clock a record's timestamp may be: more is a sender whose
+/// clock is wrong, and its records would sort into a period not yet billed.
+pub const MAX_AHEAD_US: i64 = 3_600 * 1_000_000;
+
+/// The earliest timestamp accepted, 2020-01-01T00:00:00Z: no gateway record is older, so an
+/// earlier one is a sender with a broken clock (an epoch of 0, a year of 1). A fixed floor,
+/// not an age, so that a backlog held through a long collector outage is never refused for
+/// its age.
+pub const EARLIEST_US: i64 = 1_577_836_800 * 1_000_000;
+
+/// Parses and validates a whole `POST /v1/records` body, against the collector's clock.
 pub fn parse_batch(body: &[u8]) -> Result<Vec<Record>, BatchError> {
+    parse_batch_at(body, Timestamp::now().unix_micros())
+}
+
+/// [`parse_batch`] with the clock given: `now_us`, microseconds since the Unix epoch.
+pub fn parse_batch_at(body: &[u8], now_us: i64) -> Result<Vec<Record>, BatchError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|err| BatchError::Json(err.to_string()))?;
     let Value::Object(top) = value else {
@@ -37,6 +86,12 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<Record>, BatchError> {
             "body: must be a JSON object with a \"records\" array",
         ));
     };
+    if let Some(other) = top.keys().find(|k| k.as_str() != "records") {
+        return Err(invalid(format!(
+            "body: unknown field {:?}; only \"records\" is accepted",
+            clip(other)
+        )));
+    }
     let records = match top.get("records") {
         Some(Value::Array(records)) => records,
         Some(_) => return Err(invalid("records: must be an array")),
@@ -52,24 +107,44 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<Record>, BatchError> {
     records
         .iter()
         .enumerate()
-        .map(|(index, value)| parse_record(index, value))
+        .map(|(index, value)| parse_record(index, value, now_us))
         .collect()
 }
 
-fn parse_record(index: usize, value: &Value) -> Result<Record, BatchError> {
+/// A field name as an error message may quote it: at most 64 characters.
+fn clip(name: &str) -> String {
+    name.chars().take(64).collect()
+}
+
+fn parse_record(index: usize, value: &Value, now_us: i64) -> Result<Record, BatchError> {
     let Value::Object(map) = value else {
         return Err(BatchError::Record {
             param: format!("records[{index}]"),
             problem: "must be an object".to_owned(),
         });
     };
-    let fields = Fields { index, map };
+    let fields = Fields { index, map, now_us };
 
-    match map.get("kind") {
-        Some(Value::String(kind)) if kind == "billing" => fields.billing().map(Record::Billing),
-        Some(Value::String(kind)) if kind == "audit" => fields.audit().map(Record::Audit),
-        Some(_) => Err(fields.error("kind", "must be \"billing\" or \"audit\"")),
-        None => Err(fields.error("kind", "is required")),
+    let known: &[&str] = match map.get("kind") {
+        Some(Value::String(kind)) if kind == "billing" => &BILLING_FIELDS,
+        Some(Value::String(kind)) if kind == "audit" => &AUDIT_FIELDS,
+        Some(_) => return Err(fields.error("kind", "must be \"billing\" or \"audit\"")),
+        None => return Err(fields.error("kind", "is required")),
+    };
+    if let Some(unknown) = map.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(BatchError::Record {
+            param: format!("records[{index}]"),
+            problem: format!(
+                "unknown field {:?} for this kind of record (a misspelling, or a filter newer \
+                 than this collector: upgrade collectors first)",
+                clip(unknown)
+            ),
+        });
+    }
+    if known == BILLING_FIELDS.as_slice() {
+        fields.billing().map(Record::Billing)
+    } else {
+        fields.audit().map(Record::Audit)
     }
 }
 
@@ -81,6 +156,8 @@ fn invalid(message: impl Into<String>) -> BatchError {
 struct Fields<'a> {
     index: usize,
     map: &'a Map<String, Value>,
+    /// The collector's clock, for the timestamp's bounds.
+    now_us: i64,
 }
 
 impl<'a> Fields<'a> {
@@ -92,6 +169,7 @@ impl<'a> Fields<'a> {
             input_tokens: self.tokens("input_tokens")?,
             output_tokens: self.tokens("output_tokens")?,
             cached_input_tokens: self.optional_tokens("cached_input_tokens")?,
+            cache_write_input_tokens: self.optional_tokens("cache_write_input_tokens")?,
             reasoning_tokens: self.optional_tokens("reasoning_tokens")?,
             model: self.optional_string("model", 256)?,
             request_id: self.optional_string("request_id", 256)?,
@@ -135,7 +213,7 @@ impl<'a> Fields<'a> {
 
     fn timestamp(&self) -> Result<Timestamp, BatchError> {
         let text = self.string("timestamp", 0, usize::MAX)?;
-        Timestamp::parse(text).ok_or_else(|| {
+        let stamp = Timestamp::parse(text).ok_or_else(|| {
             self.error(
                 "timestamp",
                 format_args!(
@@ -144,7 +222,21 @@ impl<'a> Fields<'a> {
                     timestamp::MAX_LEN
                 ),
             )
-        })
+        })?;
+        let at = stamp.unix_micros();
+        if at > self.now_us.saturating_add(MAX_AHEAD_US) {
+            return Err(self.error(
+                "timestamp",
+                "is more than an hour ahead of the collector's clock; check the sender's clock",
+            ));
+        }
+        if at < EARLIEST_US {
+            return Err(self.error(
+                "timestamp",
+                "is before 2020-01-01T00:00:00Z; check the sender's clock",
+            ));
+        }
+        Ok(stamp)
     }
 
     /// An audit entry's tenant: absent and null both mean no tenant was identified.

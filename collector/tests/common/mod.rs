@@ -31,6 +31,7 @@ pub fn billing(id: &str, tenant: &str, timestamp: &str, input: u64, output: u64)
         api: "openai_chat".into(),
         usage_source: UsageSource::Reported,
         cached_input_tokens: Some(0),
+        cache_write_input_tokens: None,
         reasoning_tokens: None,
     }
 }

@@ -27,13 +27,17 @@ impl HttpFilter {
         let (Some(global), Some(tenant)) = (&config.global, self.tenant()) else {
             return Action::Continue;
         };
-        let tenant = tenant.id.clone();
+        let (tenant, requests_limit, tokens_limit) =
+            (tenant.id.clone(), tenant.rate_limit, tenant.token_budget);
         let mut pending = Pending::new(cost > 0);
-        for (kind, hits) in [(Kind::Requests, 1), (Kind::Tokens, cost)] {
+        for (kind, hits, limit) in [
+            (Kind::Requests, 1, requests_limit),
+            (Kind::Tokens, cost, tokens_limit),
+        ] {
             if hits == 0 {
                 continue;
             }
-            match host_ratelimit::dispatch(&self.worker, global, &tenant, kind, hits) {
+            match host_ratelimit::dispatch(&self.worker, global, &tenant, kind, hits, limit) {
                 Ok(token) => pending.dispatched(token, kind),
                 Err(e) => {
                     self.worker.metrics.global_failure();
@@ -177,7 +181,8 @@ impl HttpFilter {
         if actual > r.tokens {
             let mut excess = self.worker.excess.borrow_mut();
             let entry = excess.entry(tenant.id.clone()).or_default();
-            *entry = entry.saturating_add(actual - r.tokens);
+            entry.0 = entry.0.saturating_add(actual - r.tokens);
+            entry.1 = tenant.token_budget;
         }
     }
 }

@@ -18,8 +18,19 @@ struct RateLimitRequest {
 struct Descriptor {
     #[prost(message, repeated, tag = "1")]
     entries: Vec<Entry>,
+    #[prost(message, optional, tag = "2")]
+    limit: Option<LimitOverride>,
     #[prost(message, optional, tag = "3")]
     hits_addend: Option<UInt64Value>,
+}
+
+/// `RateLimitDescriptor.RateLimitOverride`.
+#[derive(Clone, Copy, PartialEq, Message)]
+struct LimitOverride {
+    #[prost(uint32, tag = "1")]
+    requests_per_unit: u32,
+    #[prost(int32, tag = "2")]
+    unit: i32,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -87,6 +98,8 @@ pub struct Asked {
     pub kind: Kind,
     pub descriptor_hits: Option<u64>,
     pub request_hits: u64,
+    /// The descriptor's limit override: `(requests_per_unit, unit)`.
+    pub limit: Option<(u32, i32)>,
 }
 
 /// Reads a request of one descriptor `[("tenant", id), ("limit", kind)]`, and nothing else.
@@ -107,6 +120,7 @@ pub fn decode_request(bytes: &[u8]) -> Asked {
         kind,
         descriptor_hits: d.hits_addend.map(|h| h.value),
         request_hits: u64::from(request.hits_addend),
+        limit: d.limit.map(|l| (l.requests_per_unit, l.unit)),
     }
 }
 

@@ -33,8 +33,11 @@ fn without(mut record: Value, field: &str) -> Value {
     record
 }
 
+/// The collector's clock in these tests: shortly after the example records were written.
+const NOW_US: i64 = 1_796_321_400 * 1_000_000; // 2026-12-03T18:10:00Z
+
 fn parse(records: Vec<Value>) -> Result<Vec<Record>, BatchError> {
-    parse_batch(json!({ "records": records }).to_string().as_bytes())
+    parse_batch_at(json!({ "records": records }).to_string().as_bytes(), NOW_US)
 }
 
 /// The message a batch of exactly `record` is rejected with.
@@ -96,6 +99,7 @@ fn optional_fields_may_be_absent_or_null() {
         "model",
         "request_id",
         "cached_input_tokens",
+        "cache_write_input_tokens",
         "reasoning_tokens",
     ] {
         bare = without(bare, field);
@@ -105,8 +109,12 @@ fn optional_fields_may_be_absent_or_null() {
     };
     assert_eq!((bill.model, bill.request_id), (None, None));
     assert_eq!(
-        (bill.cached_input_tokens, bill.reasoning_tokens),
-        (None, None)
+        (
+            bill.cached_input_tokens,
+            bill.cache_write_input_tokens,
+            bill.reasoning_tokens
+        ),
+        (None, None, None)
     );
 
     let mut nulls = billing();
@@ -114,6 +122,7 @@ fn optional_fields_may_be_absent_or_null() {
         "model",
         "request_id",
         "cached_input_tokens",
+        "cache_write_input_tokens",
         "reasoning_tokens",
     ] {
         nulls = with(nulls, field, Value::Null);
@@ -122,6 +131,7 @@ fn optional_fields_may_be_absent_or_null() {
         panic!("not billing")
     };
     assert_eq!((bill.model, bill.cached_input_tokens), (None, None));
+    assert_eq!(bill.cache_write_input_tokens, None);
 
     for field in [
         "tenant_id",
@@ -145,9 +155,92 @@ fn optional_fields_may_be_absent_or_null() {
 }
 
 #[test]
-fn unknown_fields_are_ignored() {
-    let body = json!({ "records": [with(billing(), "future_field", json!({"x": 1}))], "v": 2 });
-    assert_eq!(parse_batch(body.to_string().as_bytes()).unwrap().len(), 1);
+fn cache_reads_and_writes_are_kept_apart() {
+    // Anthropic's usage as the filter sends it: 3 fresh, 2000 read, 100 written.
+    let record = with(billing(), "input_tokens", json!(2103));
+    let record = with(record, "cached_input_tokens", json!(2000));
+    let record = with(record, "cache_write_input_tokens", json!(100));
+    let Record::Billing(bill) = accepts(record) else {
+        panic!("not billing")
+    };
+    assert_eq!(bill.input_tokens, 2103);
+    assert_eq!(
+        (bill.cached_input_tokens, bill.cache_write_input_tokens),
+        (Some(2000), Some(100))
+    );
+
+    // Like cached_input_tokens, it is not checked against input_tokens: the filter caps each
+    // figure at 2^53 on its own, so a detail may exceed a capped total.
+    let record = with(billing(), "cache_write_input_tokens", json!(13));
+    let Record::Billing(bill) = accepts(record) else {
+        panic!("not billing")
+    };
+    assert_eq!(
+        (bill.input_tokens, bill.cache_write_input_tokens),
+        (12, Some(13))
+    );
+}
+
+#[test]
+fn unknown_fields_are_refused_naming_the_record() {
+    // A misspelt figure must not be stored as if it were absent.
+    let message = rejection(with(billing(), "input_token", json!(12)));
+    assert!(
+        message.starts_with("records[0]: unknown field \"input_token\""),
+        "{message}"
+    );
+    let message = rejection(with(audit(), "future_field", json!({"x": 1})));
+    assert!(
+        message.contains("unknown field \"future_field\""),
+        "{message}"
+    );
+    // A billing field on an audit entry is unknown there, and the other way round.
+    assert!(rejection(with(audit(), "input_tokens", json!(1))).contains("unknown field"));
+    assert!(rejection(with(billing(), "status_code", json!(200))).contains("unknown field"));
+    // Only the second record is named.
+    let Err(BatchError::Record { param, .. }) =
+        parse(vec![billing(), with(billing(), "x", json!(1))])
+    else {
+        panic!("expected the second record refused");
+    };
+    assert_eq!(param, "records[1]");
+    // At the top level too, without quoting a long name whole.
+    let body = json!({ "records": [], "v": 2 });
+    assert_eq!(
+        parse_batch_at(body.to_string().as_bytes(), NOW_US),
+        Err(invalid(
+            "body: unknown field \"v\"; only \"records\" is accepted"
+        ))
+    );
+    let long = "x".repeat(1000);
+    let body = json!({ "records": [with(billing(), &long, json!(1))] });
+    let message = parse_batch_at(body.to_string().as_bytes(), NOW_US)
+        .unwrap_err()
+        .to_string();
+    assert!(message.len() < 300, "{message}");
+}
+
+#[test]
+fn timestamps_far_ahead_or_before_2020_are_refused() {
+    let at = |t: &str| with(billing(), "timestamp", json!(t));
+    // Up to an hour ahead of the collector's clock passes; more does not.
+    accepts(at("2026-12-03T19:09:59Z"));
+    let message = rejection(at("2026-12-03T19:10:01Z"));
+    assert!(
+        message.starts_with("records[0].timestamp: is more than an hour ahead"),
+        "{message}"
+    );
+    assert!(rejection(at("9999-12-31T23:59:59Z")).contains("ahead"));
+    // Old records pass however old, back to 2020 (a backlog from a long outage).
+    accepts(at("2020-01-01T00:00:00Z"));
+    accepts(at("2021-06-01T00:00:00+02:00"));
+    let message = rejection(at("2019-12-31T23:59:59Z"));
+    assert!(message.contains("before 2020-01-01"), "{message}");
+    assert!(rejection(at("1970-01-01T00:00:00Z")).contains("before 2020"));
+    assert!(
+        rejection(with(audit(), "timestamp", json!("0001-01-01T00:00:00Z")))
+            .contains("before 2020")
+    );
 }
 
 #[test]
@@ -178,7 +271,9 @@ fn the_body_must_be_an_object_with_a_records_array() {
     assert_eq!(parse_batch(b"{}"), Err(invalid("records: is required")));
     assert_eq!(
         parse_batch(b"{\"record\": []}"),
-        Err(invalid("records: is required"))
+        Err(invalid(
+            "body: unknown field \"record\"; only \"records\" is accepted"
+        ))
     );
     for records in ["null", "{}", "\"x\"", "1"] {
         let body = format!("{{\"records\": {records}}}");
@@ -361,6 +456,7 @@ fn token_counts_are_integers_from_zero_to_two_to_the_53() {
         "input_tokens",
         "output_tokens",
         "cached_input_tokens",
+        "cache_write_input_tokens",
         "reasoning_tokens",
     ] {
         let not_integer = format!("records[0].{field}: must be a non-negative integer");
@@ -541,7 +637,7 @@ fn status_code_is_100_to_599() {
 
 #[test]
 fn billing_fields_are_not_required_of_audit_entries_and_back() {
-    // Each kind is checked against its own rules only.
-    accepts(with(audit(), "input_tokens", json!("not checked")));
-    accepts(with(billing(), "status_code", json!("not checked")));
+    // Each kind needs only its own fields.
+    accepts(without(audit(), "resource"));
+    accepts(without(billing(), "model"));
 }

@@ -8,7 +8,8 @@ use crate::timestamp::Timestamp;
 
 const BILLING: &str = "
     SELECT id, tenant_id, timestamp, instant_us, input_tokens, output_tokens,
-           cached_input_tokens, reasoning_tokens, model, request_id, api, usage_source
+           cached_input_tokens, cache_write_input_tokens, reasoning_tokens, model, request_id,
+           api, usage_source
     FROM billing
     WHERE tenant_id = $1 AND instant_us >= $2 AND instant_us < $3
     ORDER BY instant_us, id
@@ -87,11 +88,12 @@ fn billing_row(row: &Row) -> Result<BillingRecord, StoreError> {
         input_tokens: count(row.try_get(4)?)?,
         output_tokens: count(row.try_get(5)?)?,
         cached_input_tokens: row.try_get::<_, Option<i64>>(6)?.map(count).transpose()?,
-        reasoning_tokens: row.try_get::<_, Option<i64>>(7)?.map(count).transpose()?,
-        model: row.try_get(8)?,
-        request_id: row.try_get(9)?,
-        api: row.try_get(10)?,
-        usage_source: wire(row.try_get(11)?, UsageSource::parse)?,
+        cache_write_input_tokens: row.try_get::<_, Option<i64>>(7)?.map(count).transpose()?,
+        reasoning_tokens: row.try_get::<_, Option<i64>>(8)?.map(count).transpose()?,
+        model: row.try_get(9)?,
+        request_id: row.try_get(10)?,
+        api: row.try_get(11)?,
+        usage_source: wire(row.try_get(12)?, UsageSource::parse)?,
     })
 }
 

@@ -16,11 +16,13 @@ use crate::store::{Inserted, Kind, Outcome, StoreError};
 const INSERT_BILLING: &str = "
     INSERT INTO billing (
         id, tenant_id, timestamp, instant_us, input_tokens, output_tokens,
-        cached_input_tokens, reasoning_tokens, model, request_id, api, usage_source, received_us
+        cached_input_tokens, cache_write_input_tokens, reasoning_tokens, model, request_id, api,
+        usage_source, received_us
     )
-    SELECT r.*, $13::bigint FROM unnest(
+    SELECT r.*, $14::bigint FROM unnest(
         $1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
-        $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[]
+        $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::text[],
+        $13::text[]
     ) AS r
     ORDER BY 1
     ON CONFLICT (id) DO NOTHING";
@@ -105,6 +107,7 @@ struct BillingColumns {
     input_tokens: Vec<i64>,
     output_tokens: Vec<i64>,
     cached_input_tokens: Vec<Option<i64>>,
+    cache_write_input_tokens: Vec<Option<i64>>,
     reasoning_tokens: Vec<Option<i64>>,
     model: Vec<Option<String>>,
     request_id: Vec<Option<String>>,
@@ -127,6 +130,12 @@ impl BillingColumns {
             record
                 .cached_input_tokens
                 .map(|n| integer(n, "cached_input_tokens"))
+                .transpose()?,
+        );
+        self.cache_write_input_tokens.push(
+            record
+                .cache_write_input_tokens
+                .map(|n| integer(n, "cache_write_input_tokens"))
                 .transpose()?,
         );
         self.reasoning_tokens.push(
@@ -159,6 +168,7 @@ impl BillingColumns {
                     &self.input_tokens,
                     &self.output_tokens,
                     &self.cached_input_tokens,
+                    &self.cache_write_input_tokens,
                     &self.reasoning_tokens,
                     &self.model,
                     &self.request_id,

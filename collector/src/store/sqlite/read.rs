@@ -9,7 +9,8 @@ use crate::timestamp::Timestamp;
 
 const BILLING: &str = "
     SELECT id, tenant_id, timestamp, instant_us, input_tokens, output_tokens,
-           cached_input_tokens, reasoning_tokens, model, request_id, api, usage_source
+           cached_input_tokens, cache_write_input_tokens, reasoning_tokens, model, request_id,
+           api, usage_source
     FROM billing
     WHERE tenant_id = ?1 AND instant_us >= ?2 AND instant_us < ?3
     ORDER BY instant_us, id
@@ -92,11 +93,12 @@ fn billing_row(row: &Row<'_>) -> rusqlite::Result<BillingRecord> {
         input_tokens: count(row, 4)?,
         output_tokens: count(row, 5)?,
         cached_input_tokens: optional_count(row, 6)?,
-        reasoning_tokens: optional_count(row, 7)?,
-        model: row.get(8)?,
-        request_id: row.get(9)?,
-        api: row.get(10)?,
-        usage_source: wire(row, 11, UsageSource::parse)?,
+        cache_write_input_tokens: optional_count(row, 7)?,
+        reasoning_tokens: optional_count(row, 8)?,
+        model: row.get(9)?,
+        request_id: row.get(10)?,
+        api: row.get(11)?,
+        usage_source: wire(row, 12, UsageSource::parse)?,
     })
 }
 

@@ -6,10 +6,10 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::store::StoreError;
 
 /// The newest schema this code knows. Add a step to `STEPS` to migrate.
-const VERSION: i64 = 3;
+const VERSION: i64 = 4;
 
 /// `STEPS[n]` takes the schema from version `n` to `n + 1`.
-const STEPS: [&str; VERSION as usize] = [V1, V2, V3];
+const STEPS: [&str; VERSION as usize] = [V1, V2, V3, V4];
 
 /// Version 1. `timestamp` is the text as received; `instant_us` is the instant it names in
 /// microseconds since the Unix epoch (UTC), used for ranges and ordering. `received_us` is
@@ -97,8 +97,21 @@ CREATE TABLE tenant_keys (
 CREATE INDEX tenant_keys_by_tenant ON tenant_keys (tenant_id, created_us);
 ";
 
+/// Version 4: the input written to the prompt cache (Anthropic), priced apart from the rest.
+/// Rows stored before it have NULL, as records that never reported it do.
+const V4: &str = "
+ALTER TABLE billing ADD COLUMN cache_write_input_tokens INTEGER
+    CHECK (cache_write_input_tokens >= 0);
+";
+
 /// Brings the schema up to [`VERSION`]; refuses a database written by a newer collector.
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    migrate_to(conn, VERSION)
+}
+
+/// Brings the schema up to `target` (at most [`VERSION`]; the tests stop short of it to make
+/// the database an older collector left behind).
+fn migrate_to(conn: &mut Connection, target: i64) -> Result<(), StoreError> {
     // Immediate: two collectors starting on one file cannot both run the same step.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let found: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
@@ -112,6 +125,7 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     for (from, step) in STEPS
         .iter()
         .enumerate()
+        .take(usize::try_from(target).unwrap_or(0))
         .skip(usize::try_from(found).unwrap_or(0))
     {
         tx.execute_batch(step)?;
@@ -119,4 +133,86 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::{params, Connection};
+
+    use super::{migrate_to, VERSION};
+    use crate::records::{BillingRecord, Record, UsageSource};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{BillingQuery, TimeRange};
+    use crate::timestamp::Timestamp;
+
+    fn version(conn: &Connection) -> i64 {
+        conn.pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_version_3_database_upgrades_in_place_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("collector.db");
+
+        // The database a version-3 collector left: its steps, and a row in its columns.
+        let mut conn = Connection::open(&path).unwrap();
+        migrate_to(&mut conn, 3).unwrap();
+        assert_eq!(version(&conn), 3);
+        conn.execute(
+            "INSERT INTO billing (id, tenant_id, timestamp, instant_us, input_tokens,
+                 output_tokens, cached_input_tokens, reasoning_tokens, model, request_id, api,
+                 usage_source, received_us)
+             VALUES ('old-1', 'acme', '2026-12-03T18:00:00Z', ?1, 2103, 40, 2000, NULL,
+                 'claude-test', 'req-old', 'anthropic_messages', 'reported', 0)",
+            params![Timestamp::parse("2026-12-03T18:00:00Z")
+                .unwrap()
+                .unix_micros()],
+        )
+        .unwrap();
+        drop(conn);
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let old = BillingRecord {
+            id: "old-1".into(),
+            tenant_id: "acme".into(),
+            input_tokens: 2103,
+            output_tokens: 40,
+            timestamp: Timestamp::parse("2026-12-03T18:00:00Z").unwrap(),
+            model: Some("claude-test".into()),
+            request_id: Some("req-old".into()),
+            api: "anthropic_messages".into(),
+            usage_source: UsageSource::Reported,
+            cached_input_tokens: Some(2000),
+            cache_write_input_tokens: None,
+            reasoning_tokens: None,
+        };
+        let new = BillingRecord {
+            id: "new-1".into(),
+            timestamp: Timestamp::parse("2026-12-03T19:00:00Z").unwrap(),
+            cache_write_input_tokens: Some(100),
+            ..old.clone()
+        };
+
+        // Ingest still skips a stored id, and stores the new column.
+        let batch = vec![Record::Billing(old.clone()), Record::Billing(new.clone())];
+        let inserted = store.insert_batch(batch).await.unwrap();
+        assert_eq!((inserted.accepted(), inserted.duplicates()), (1, 1));
+
+        let query = BillingQuery {
+            tenant_id: "acme".into(),
+            range: TimeRange::default(),
+            limit: 10,
+        };
+        assert_eq!(store.billing(query).await.unwrap(), vec![old, new]);
+        store.close().await.unwrap();
+
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(version(&conn), VERSION);
+        let negative = conn.execute(
+            "UPDATE billing SET cache_write_input_tokens = -1 WHERE id = 'new-1'",
+            [],
+        );
+        assert!(negative.is_err(), "the CHECK constraint is missing");
+    }
 }

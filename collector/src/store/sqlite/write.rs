@@ -12,8 +12,9 @@ use crate::store::{Inserted, Kind, Outcome, StoreError};
 const INSERT_BILLING: &str = "
     INSERT INTO billing (
         id, tenant_id, timestamp, instant_us, input_tokens, output_tokens,
-        cached_input_tokens, reasoning_tokens, model, request_id, api, usage_source, received_us
-    ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+        cached_input_tokens, cache_write_input_tokens, reasoning_tokens, model, request_id, api,
+        usage_source, received_us
+    ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
     ON CONFLICT (id) DO NOTHING";
 
 pub(super) const INSERT_AUDIT: &str = "
@@ -101,6 +102,10 @@ fn insert_billing(
         record
             .cached_input_tokens
             .map(|n| integer(n, "cached_input_tokens"))
+            .transpose()?,
+        record
+            .cache_write_input_tokens
+            .map(|n| integer(n, "cache_write_input_tokens"))
             .transpose()?,
         record
             .reasoning_tokens
