@@ -5,11 +5,13 @@
 //! the request body ([`add_to_request`]) and takes out of the stream what the option added
 //! ([`UsageStripper`]), so that the client receives the stream it asked for:
 //!
-//! - the usage chunk (an event whose JSON has a `usage` object and no choices) is removed,
-//!   blank line and all;
+//! - the usage chunk (an event whose JSON has a `usage` object and no choices: `choices`
+//!   absent, `null` or `[]`) is removed, blank line and all, whether its data comes in one
+//!   `data:` line or several (which SSE joins with `\n`);
 //! - the `"usage": null` member that OpenAI adds to every other chunk when the option is set
-//!   is removed from each chunk (member, separator and nothing else), so those chunks read
-//!   byte for byte as OpenAI sends them without the option. Servers that write
+//!   is removed from each chunk (member, separator and nothing else; in data over several
+//!   lines, only where both lie on one line), so those chunks read byte for byte as OpenAI
+//!   sends them without the option. Servers that write
 //!   `"usage": null` whatever the request says (TGI, SGLang) lose it too; in the API's schema
 //!   a null and an absent `usage` mean the same;
 //! - every other byte passes unchanged: comments, `[DONE]`, line endings, chunks that carry
@@ -17,6 +19,12 @@
 //!
 //! The request body is edited in place rather than re-serialised, so numbers, key order,
 //! spacing and duplicate keys reach the model server exactly as the client wrote them.
+//!
+//! The option is not added when the client turned on `continuous_usage_stats` (vLLM,
+//! SGLang): vLLM sends usage in every chunk only together with `include_usage`, SGLang
+//! whatever `include_usage` says, so the two answer the edited request alike, and no
+//! stripping could give both clients back their own stream. Such a stream is billed from the
+//! usage the server sends on its own (SGLang's, in every chunk), else estimated.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -30,7 +38,8 @@ type Members<'a> = HashMap<String, &'a RawValue>;
 
 /// The request body with `stream_options.include_usage: true`, for a streamed request that
 /// does not ask for usage already. `None` when there is nothing to do, or nothing safe to do
-/// (a body that is not a JSON object, a `stream_options` that is not an object).
+/// (a body that is not a JSON object, a `stream_options` that is not an object or that turns
+/// on continuous usage, whose meaning the option would change).
 pub fn add_to_request(body: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(body).ok()?;
     if !json::starts_object(body) {
@@ -52,8 +61,11 @@ pub fn add_to_request(body: &[u8]) -> Option<Vec<u8>> {
         Some(raw) if raw.get().starts_with('{') => {
             let options: Members = serde_json::from_str(raw.get()).ok()?;
             let at = span(text, raw)?;
-            match options.get("include_usage") {
-                Some(asked) if flag(asked) == Some(true) => return None,
+            let asked = options.get("include_usage");
+            if asked.is_some_and(|a| flag(a) == Some(true)) || !unaffected(&options) {
+                return None;
+            }
+            match asked {
                 Some(asked) => (span(text, asked)?, "true"),
                 None if options.is_empty() => (at, r#"{"include_usage":true}"#),
                 None => (at.start + 1..at.start + 1, r#""include_usage":true,"#),
@@ -73,6 +85,16 @@ pub fn add_to_request(body: &[u8]) -> Option<Vec<u8>> {
 
 fn flag(raw: &RawValue) -> Option<bool> {
     json::flag_of(&serde_json::from_str(raw.get()).ok()?)
+}
+
+/// Whether the client's stream options mean the same once `include_usage` is set too.
+fn unaffected(options: &Members) -> bool {
+    // vLLM and SGLang: usage in every chunk. Off, it changes nothing; on, the two servers
+    // read it differently (see the module's doc). Other options (OpenAI's
+    // `include_obfuscation`) do not depend on usage.
+    options
+        .get("continuous_usage_stats")
+        .is_none_or(|on| on.get() == "null" || flag(on) == Some(false))
 }
 
 /// Where a value parsed out of `text` lies in it.
@@ -248,13 +270,22 @@ enum Verdict {
 }
 
 fn judge(event: &[u8]) -> Verdict {
-    let Some(data) = single_data(event) else {
-        return Verdict::Keep;
+    let lines = data_lines(event);
+    let joined;
+    let data = match lines.as_slice() {
+        [] => return Verdict::Keep,
+        [one] => event.get(one.clone()).unwrap_or_default(),
+        // SSE joins the values of several `data` fields with `\n`.
+        many => {
+            joined = many
+                .iter()
+                .map(|line| event.get(line.clone()).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(&b'\n');
+            joined.as_slice()
+        }
     };
-    let Some(text) = event
-        .get(data.clone())
-        .and_then(|d| std::str::from_utf8(d).ok())
-    else {
+    let Ok(text) = std::str::from_utf8(data) else {
         return Verdict::Keep;
     };
     if !json::starts_object(text.as_bytes()) {
@@ -267,13 +298,15 @@ fn judge(event: &[u8]) -> Verdict {
         return Verdict::Keep;
     };
     if usage.get() == "null" {
-        return match null_member(text, usage) {
-            Some(cut) => Verdict::Cut(data.start + cut.start..data.start + cut.end),
+        return match null_member(text, usage).and_then(|cut| in_event(&lines, cut)) {
+            Some(cut) => Verdict::Cut(cut),
             None => Verdict::Keep,
         };
     }
+    // Content comes only in choices; some servers write none as `null` (Go's nil slice).
     let no_choices = members.get("choices").is_none_or(|c| {
-        serde_json::from_str::<Vec<IgnoredAny>>(c.get()).is_ok_and(|v| v.is_empty())
+        c.get() == "null"
+            || serde_json::from_str::<Vec<IgnoredAny>>(c.get()).is_ok_and(|v| v.is_empty())
     });
     if usage.get().starts_with('{') && no_choices {
         Verdict::Remove
@@ -282,27 +315,23 @@ fn judge(event: &[u8]) -> Verdict {
     }
 }
 
-/// The value of the event's one `data` field, if it has exactly one.
-fn single_data(event: &[u8]) -> Option<Range<usize>> {
-    let mut found = None;
+/// The values of the event's `data` fields, in order.
+fn data_lines(event: &[u8]) -> Vec<Range<usize>> {
+    let mut found = Vec::new();
     let mut pos = 0;
-    while pos < event.len() {
-        let rest = event.get(pos..)?;
+    while let Some(rest) = event.get(pos..).filter(|r| !r.is_empty()) {
         let len = rest
             .iter()
             .position(|&b| b == b'\r' || b == b'\n')
             .unwrap_or(rest.len());
-        let line = rest.get(..len)?;
+        let line = rest.get(..len).unwrap_or_default();
         let name_len = line.iter().position(|&b| b == b':').unwrap_or(line.len());
         if line.get(..name_len) == Some(b"data") {
-            if found.is_some() {
-                return None;
-            }
             let mut start = pos + name_len + 1;
             if event.get(start) == Some(&b' ') {
                 start += 1;
             }
-            found = Some(start.min(pos + len)..pos + len);
+            found.push(start.min(pos + len)..pos + len);
         }
         pos += len + 1;
         if rest.get(len) == Some(&b'\r') && rest.get(len + 1) == Some(&b'\n') {
@@ -310,6 +339,20 @@ fn single_data(event: &[u8]) -> Option<Range<usize>> {
         }
     }
     found
+}
+
+/// Where bytes of the joined data lie in the event, if they lie within one of its lines:
+/// cutting across a line break would also cut the field name of the next line.
+fn in_event(lines: &[Range<usize>], cut: Range<usize>) -> Option<Range<usize>> {
+    let mut at = 0;
+    for line in lines {
+        let end = at + line.len();
+        if at <= cut.start && cut.end <= end {
+            return Some(line.start + (cut.start - at)..line.start + (cut.end - at));
+        }
+        at = end + 1;
+    }
+    None
 }
 
 /// The bytes that make up the top-level member `"usage": null` in `text`, with one
@@ -381,9 +424,15 @@ mod tests {
             Some(r#"{"stream":true,"stream_options":{"include_usage":true}}"#)
         );
         assert_eq!(
-            add(r#"{"stream":true,"stream_options":{"continuous_usage_stats":true}}"#).as_deref(),
+            add(r#"{"stream":true,"stream_options":{"continuous_usage_stats":false}}"#).as_deref(),
             Some(
-                r#"{"stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true}}"#
+                r#"{"stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":false}}"#
+            )
+        );
+        assert_eq!(
+            add(r#"{"stream":true,"stream_options":{"include_obfuscation":false}}"#).as_deref(),
+            Some(
+                r#"{"stream":true,"stream_options":{"include_usage":true,"include_obfuscation":false}}"#
             )
         );
         assert_eq!(
@@ -425,6 +474,33 @@ mod tests {
             assert_eq!(add(body), None, "{body}");
         }
         assert_eq!(add_to_request(b"{\"stream\":true,\"x\":\"\xff\"}"), None);
+    }
+
+    #[test]
+    fn options_whose_meaning_would_change_are_left_alone() {
+        // vLLM sends continuous usage only with include_usage, SGLang without it too: adding
+        // the option would put usage in every chunk of a vLLM stream, and removing it from
+        // every chunk would take from an SGLang client what it gets without the gateway.
+        for body in [
+            r#"{"model":"m","stream":true,"stream_options":{"continuous_usage_stats":true}}"#,
+            r#"{"stream":true,"stream_options":{"continuous_usage_stats":"yes","include_usage":false}}"#,
+            r#"{"stream":true,"stream_options":{"include_usage":null,"continuous_usage_stats":1}}"#,
+            r#"{"stream":true,"stream_options":{"continuous_usage_stats":"maybe"}}"#,
+            // The last of duplicate keys counts.
+            r#"{"stream":true,"stream_options":{"continuous_usage_stats":false,"continuous_usage_stats":true}}"#,
+        ] {
+            assert_eq!(add(body), None, "{body}");
+        }
+        // Off, continuous usage changes nothing.
+        for body in [
+            r#"{"stream":true,"stream_options":{"continuous_usage_stats":null}}"#,
+            r#"{"stream":true,"stream_options":{"continuous_usage_stats":"false","include_usage":false}}"#,
+            r#"{"stream":true,"stream_options":{"continuous_usage_stats":0,"include_obfuscation":true}}"#,
+        ] {
+            let sent = add(body).unwrap_or_else(|| panic!("{body}"));
+            let sent: serde_json::Value = serde_json::from_str(&sent).unwrap();
+            assert_eq!(sent["stream_options"]["include_usage"], true, "{body}");
+        }
     }
 
     fn strip(chunks: &[&[u8]]) -> (Vec<u8>, u64) {
@@ -518,5 +594,78 @@ data: not json\n\n";
             assert_eq!(out, want, "chunks of {size}");
             assert_eq!((s.removed, s.oversized), (1, 1));
         }
+    }
+
+    /// Every split of `stream` into three chunks gives `want`, with `removed` chunks removed.
+    fn assert_stripped(stream: &[u8], want: &[u8], removed: u64) {
+        for i in 0..=stream.len() {
+            for j in (i..=stream.len()).step_by(5) {
+                let (out, n) = strip(&[&stream[..i], &stream[i..j], &stream[j..]]);
+                assert_eq!(
+                    String::from_utf8_lossy(&out),
+                    String::from_utf8_lossy(want),
+                    "split at {i},{j}"
+                );
+                assert_eq!(n, removed, "split at {i},{j}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_usage_chunk_with_null_choices_is_removed() {
+        // Go servers write an empty choice list as `null` (Cloudflare Workers AI, and
+        // OpenAI-compatible layers built on Go structs).
+        let asked: &[u8] = b"data: {\"id\":\"id-1\",\"object\":\"chat.completion.chunk\",\"created\":1740036312,\"model\":\"@cf/meta/llama-3.1-8b-instruct\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}]}\n\n\
+data: {\"id\":\"id-1\",\"object\":\"chat.completion.chunk\",\"created\":1740036312,\"model\":\"@cf/meta/llama-3.1-8b-instruct\",\"choices\":null,\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":1,\"total_tokens\":13}}\n\n\
+data: [DONE]\n\n";
+        let plain: &[u8] = b"data: {\"id\":\"id-1\",\"object\":\"chat.completion.chunk\",\"created\":1740036312,\"model\":\"@cf/meta/llama-3.1-8b-instruct\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}]}\n\n\
+data: [DONE]\n\n";
+        assert_stripped(asked, plain, 1);
+        // Spacing around the null does not matter either.
+        let (out, n) =
+            strip(&[b"data: {\"choices\" : null , \"usage\":{\"prompt_tokens\":1}}\r\n\r\n"]);
+        assert_eq!((out.as_slice(), n), (&b""[..], 1));
+    }
+
+    #[test]
+    fn a_usage_chunk_over_several_data_lines_is_removed() {
+        // The HTML standard joins the values of an event's `data` fields with a line feed;
+        // servers that write a payload holding line breaks (sse-starlette, for one) give each
+        // line a `data:` field of its own.
+        let asked: &[u8] = b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\r\n\r\n\
+data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[],\r\n\
+data: \"usage\":{\"prompt_tokens\":9,\"total_tokens\":10,\"completion_tokens\":1}}\r\n\r\n\
+data: {\r\ndata:   \"choices\": null,\r\ndata:   \"usage\": {\"prompt_tokens\": 9}\r\ndata: }\r\n\r\n\
+data: [DONE]\r\n\r\n";
+        let plain: &[u8] = b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\r\n\r\n\
+data: [DONE]\r\n\r\n";
+        assert_stripped(asked, plain, 2);
+    }
+
+    #[test]
+    fn a_chunk_that_carries_content_is_never_removed() {
+        let stream: &[u8] = b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\n\
+data: \"delta\":{\"content\":\"Hi\"}}],\"usage\":{\"prompt_tokens\":9}}\n\n\
+data: {\"choices\":null,\ndata: \"usage\":null}\n\n\
+data: {\"choices\":{},\"usage\":{\"prompt_tokens\":9}}\n\n\
+data: {\"choices\":[{\"text\":\"x\"}],\ndata: \"usage\":{\"prompt_tokens\":9}}\n\n\
+data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9}}\ndata: [DONE]\n\n";
+        // (The last event lacks its blank line: its data, joined, is not JSON.)
+        assert_stripped(stream, stream, 0);
+    }
+
+    #[test]
+    fn the_null_usage_of_a_chunk_over_several_data_lines_is_cut_within_its_line() {
+        let stream: &[u8] = b"data: {\"id\":\"c\",\r\n\
+data: \"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}], \"usage\":null}\r\n\r\n\
+data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"!\"}}],\r\n\
+data: \"usage\":null}\r\n\r\n";
+        // The second one's member starts on one line and ends on the next: cutting it would
+        // join the two lines, so it stays (a null usage and none mean the same).
+        let want: &[u8] = b"data: {\"id\":\"c\",\r\n\
+data: \"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\r\n\r\n\
+data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"!\"}}],\r\n\
+data: \"usage\":null}\r\n\r\n";
+        assert_stripped(stream, want, 0);
     }
 }

@@ -796,3 +796,110 @@ fn an_unknown_post_route_that_reports_nothing_is_billed_an_estimate() {
     assert_eq!(billing[1]["output_tokens"], 1024);
     assert_eq!(gate.metric("inference_gate.usage.estimated"), 2);
 }
+
+/// A streamed chat request for `model` with the given `stream_options` (none if `null`).
+fn streamed_chat(model: &str, stream_options: Value) -> String {
+    let mut body = json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "Count to three."}],
+        "max_tokens": 50,
+        "stream": true,
+    });
+    if !stream_options.is_null() {
+        body["stream_options"] = stream_options;
+    }
+    body.to_string()
+}
+
+/// The request as the model server got it, and the stream as the client got it.
+fn exchange(gate: &Gate, body: &str, chunks: &[&[u8]]) -> (Vec<u8>, Vec<u8>) {
+    let request = Request::post(CHAT, ACME.key(), body);
+    let exchange = send(gate.vm(0), &request, &Response::sse(chunks)).unwrap();
+    (
+        exchange.stream.forwarded_request_body(),
+        exchange.stream.forwarded_response_body(),
+    )
+}
+
+#[test]
+fn a_client_that_asked_for_continuous_usage_gets_the_stream_its_server_sends() {
+    let gate = Gate::default_one();
+    let body = streamed_chat(
+        "meta-llama/Llama-3.1-8B-Instruct",
+        json!({"continuous_usage_stats": true}),
+    );
+    // vLLM sends continuous usage only together with include_usage: this client gets none.
+    // Asking for it would have put usage in every chunk.
+    let vllm: &[u8] = b"data: {\"id\":\"chatcmpl-5b1f\",\"object\":\"chat.completion.chunk\",\"created\":1733133122,\"model\":\"meta-llama/Llama-3.1-8B-Instruct\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n\
+data: {\"id\":\"chatcmpl-5b1f\",\"object\":\"chat.completion.chunk\",\"created\":1733133122,\"model\":\"meta-llama/Llama-3.1-8B-Instruct\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"1, 2, 3\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n\
+data: {\"id\":\"chatcmpl-5b1f\",\"object\":\"chat.completion.chunk\",\"created\":1733133122,\"model\":\"meta-llama/Llama-3.1-8B-Instruct\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\"},\"logprobs\":null,\"finish_reason\":\"stop\",\"stop_reason\":null}]}\n\n\
+data: [DONE]\n\n";
+    let (sent, seen) = exchange(&gate, &body, &[&vllm[..100], &vllm[100..]]);
+    assert_eq!(
+        String::from_utf8(sent).unwrap(),
+        body,
+        "sent as the client wrote it"
+    );
+    assert_eq!(seen, vllm);
+    let record = only_billing(&gate);
+    assert_eq!(record["usage_source"], "estimated");
+
+    // SGLang sends it whatever include_usage says, and no usage chunk without it: the client
+    // keeps its usage in every chunk, and the last one bills the stream exactly.
+    let gate = Gate::default_one();
+    let body = streamed_chat(
+        "Qwen/Qwen2.5-7B-Instruct",
+        json!({"include_usage": false, "continuous_usage_stats": true}),
+    );
+    let sglang: &[u8] = b"data: {\"id\":\"b1a8\",\"object\":\"chat.completion.chunk\",\"created\":1740036312,\"model\":\"Qwen/Qwen2.5-7B-Instruct\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\",\"reasoning_content\":null,\"tool_calls\":null},\"logprobs\":null,\"finish_reason\":null,\"matched_stop\":null}],\"usage\":null}\n\n\
+data: {\"id\":\"b1a8\",\"object\":\"chat.completion.chunk\",\"created\":1740036312,\"model\":\"Qwen/Qwen2.5-7B-Instruct\",\"choices\":[{\"index\":0,\"delta\":{\"role\":null,\"content\":\"1, 2, 3\",\"reasoning_content\":null,\"tool_calls\":null},\"logprobs\":null,\"finish_reason\":null,\"matched_stop\":null}],\"usage\":{\"prompt_tokens\":30,\"total_tokens\":37,\"completion_tokens\":7,\"prompt_tokens_details\":null}}\n\n\
+data: {\"id\":\"b1a8\",\"object\":\"chat.completion.chunk\",\"created\":1740036312,\"model\":\"Qwen/Qwen2.5-7B-Instruct\",\"choices\":[{\"index\":0,\"delta\":{\"role\":null,\"content\":null,\"reasoning_content\":null,\"tool_calls\":null},\"logprobs\":null,\"finish_reason\":\"stop\",\"matched_stop\":151645}],\"usage\":{\"prompt_tokens\":30,\"total_tokens\":37,\"completion_tokens\":7,\"prompt_tokens_details\":null}}\n\n\
+data: [DONE]\n\n";
+    let (sent, seen) = exchange(&gate, &body, &[sglang]);
+    assert_eq!(String::from_utf8(sent).unwrap(), body);
+    assert_eq!(
+        seen, sglang,
+        "nothing taken out of a stream the filter did not change"
+    );
+    let record = only_billing(&gate);
+    assert_eq!(usage_of(&record), (30, 7));
+    assert_eq!(record["usage_source"], "reported");
+}
+
+#[test]
+fn usage_chunks_with_null_choices_or_over_several_data_lines_never_reach_the_client() {
+    let body = streamed_chat("gpt-test", Value::Null);
+    let content: &[u8] = b"data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1740036312,\"model\":\"gpt-test\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"1, 2, 3\"},\"finish_reason\":\"stop\"}]}\r\n\r\n";
+    let usage_chunks: [&[u8]; 2] = [
+        // Go servers write no choices as `null`.
+        b"data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1740036312,\"model\":\"gpt-test\",\"choices\":null,\"usage\":{\"prompt_tokens\":30,\"completion_tokens\":7,\"total_tokens\":37}}\r\n\r\n",
+        // A payload with a line break goes out as two `data:` lines, which SSE joins.
+        b"data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1740036312,\"model\":\"gpt-test\",\"choices\":[],\r\ndata: \"usage\":{\"prompt_tokens\":30,\"completion_tokens\":7,\"total_tokens\":37}}\r\n\r\n",
+    ];
+    let done: &[u8] = b"data: [DONE]\r\n\r\n";
+    let mut want = content.to_vec();
+    want.extend_from_slice(done);
+
+    for usage in usage_chunks {
+        let gate = Gate::default_one();
+        let stream = [content, usage, done].concat();
+        // Cut inside the usage event's field name, inside its JSON, and between the line
+        // ends that close it.
+        let at = content.len();
+        let cuts = [
+            at + 3,
+            at + position(usage, "prompt_tok", 0) + 5,
+            at + usage.len() - 3,
+        ];
+        let (sent, seen) = exchange(&gate, &body, &cut(&stream, &cuts));
+        let sent: Value = serde_json::from_slice(&sent).unwrap();
+        assert_eq!(sent["stream_options"], json!({"include_usage": true}));
+        assert_eq!(
+            String::from_utf8_lossy(&seen),
+            String::from_utf8_lossy(&want)
+        );
+        let record = only_billing(&gate);
+        assert_eq!(usage_of(&record), (30, 7));
+        assert_eq!(record["usage_source"], "reported");
+    }
+}
