@@ -164,8 +164,10 @@ NO_BUILDER = \
 	exit 2
 
 # Release builds, a throwaway PostgreSQL, bounded in time; rewrites BENCHMARKS.md.
+# BENCH_ARGS="--section gateway-overhead --rounds 5" runs some sections, or longer.
+BENCH_ARGS ?=
 bench: deps build
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	@cargo clean

@@ -100,6 +100,10 @@ NOISE = (
 )
 
 
+def plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def rotated(items: list, n: int) -> list:
     """`items` starting at a different one each round, so that no variant always runs first
     (or just after the same other)."""
@@ -323,10 +327,10 @@ def gateway_overhead(ctx, machine: Machine) -> str:
             f"{med(bare.cpu_us):.0f} µs. The minimal Proxy-Wasm filter, which only checks the "
             f"key, adds {added(keycheck.cpu_us, bare.cpu_us):.0f} µs "
             f"({paired(keycheck.rps, bare.rps):.0%} of bare throughput): that is the floor of "
-            "any Proxy-Wasm filter in this Envoy. What the filter adds beyond it is mostly "
-            "crossings between Envoy and the VM (each callback, each host call, and each time "
-            "Envoy asks the VM for memory to return a value in), which the host calls section "
-            "counts and prices.",
+            "any Proxy-Wasm filter in this Envoy. The buffer filter, which the filter needs "
+            "before it, costs next to nothing on its own. The host calls section counts the "
+            "crossings between Envoy and the VM the filter makes and prices them; the "
+            "hot-path section breaks down the rest by stage of the request.",
             "",
             with_load(machine, ctx, versions, load_before),
             "",
@@ -368,6 +372,15 @@ STREAM_LENGTHS = (1_000, 10_000, 100_000)
 # Growth of the VM memory from 10k- to 100k-event streams still counted as flat: the memory
 # follows the largest chunk Envoy hands over, which varies a little from run to run.
 FLAT_MEMORY = 0.10
+# One stream this long, through the filter alone, for its memory (about 3 s).
+LONG_STREAM = 1_000_000
+STRIPPED_SHORT = "after 10,000-event streams that did not ask for usage"
+STRIPPED_LONG = f"after one {LONG_STREAM:,}-event stream that did not ask for usage"
+
+
+def long_stream(asked: bool) -> tuple:
+    """The arguments of `Envoy.send_as_wrk` for one stream of `LONG_STREAM` events."""
+    return g.key_of(3), {"x-bench-events": str(LONG_STREAM)}, stream_body(asked)
 
 
 def stream_body(ask_for_usage: bool) -> str:
@@ -451,12 +464,17 @@ def streaming(ctx, machine: Machine) -> str:
                 f"filter {med(times[('filter', True, n)]) / 1000:.1f} ms",
                 flush=True,
             )
+        # One much longer stream, for the memory alone.
+        assert envoys["filter"].send_as_wrk(*long_stream(True)) == 200
+        snapshot(f"after one {LONG_STREAM:,}-event stream")
         # Last, so that the snapshots above compare streams of one kind: taking the usage
-        # out of the stream needs a second buffer per chunk.
+        # out of the stream needs each chunk whole, and a second buffer for its rewrite.
         for r in range(ctx.rounds):
             for variant, asked in rotated([("bare", True), ("filter", False)], r):
                 run(variant, asked, 10_000, ctx.seconds, key=f"{variant}-beside-stripped")
-        snapshot("after 10,000-event streams that did not ask for usage")
+        snapshot(STRIPPED_SHORT)
+        assert envoys["filter"].send_as_wrk(*long_stream(False)) == 200
+        snapshot(STRIPPED_LONG)
         estimated = envoys["filter"].stat("wasmcustom.inference_gate.usage.estimated")
     finally:
         g.stop_all([*envoys.values(), servers])
@@ -493,18 +511,37 @@ def streaming(ctx, machine: Machine) -> str:
         vms = next(m for name, m, _, _ in memory if name == label)
         return max((m.size_kib for m in vms), default=0)
 
-    at_10k, at_100k = largest("after 10,000-event streams"), largest("after 100,000-event streams")
-    growth = (at_100k - at_10k) / at_10k if at_10k else 0.0
+    at_10k = largest("after 10,000-event streams")
+    at_long = largest(f"after one {LONG_STREAM:,}-event stream")
+    growth = (at_long - at_10k) / at_10k if at_10k else 0.0
     flat = growth <= FLAT_MEMORY
+    stripped_short, stripped_long = largest(STRIPPED_SHORT), largest(STRIPPED_LONG)
+    stripped_flat = stripped_long <= stripped_short * (1 + FLAT_MEMORY)
     verdict = (
-        f"From 10,000-event to 100,000-event streams (ten times longer), the largest VM's "
-        f"linear memory went from {at_10k:,} to {at_100k:,} KiB ({growth:+.0%}): "
+        f"From 10,000-event streams to a {LONG_STREAM:,}-event one ({LONG_STREAM // 10_000}× "
+        f"longer), the largest VM's linear memory went from {at_10k:,} to {at_long:,} KiB "
+        f"({growth:+.0%}): "
         + (
-            "flat with respect to the stream's length, as designed (the filter keeps the "
-            "running usage and at most one incomplete event per stream, and reads each chunk "
-            "as Envoy hands it over: the memory follows the largest chunk, not the stream)."
+            "flat with respect to the stream's length. The filter keeps the running usage and "
+            "at most one incomplete event per stream, and reads each chunk Envoy hands over "
+            "64 KiB at a time: from this fast upstream Envoy can hand the filter several MB "
+            "at once, past its 1 MiB buffer limit (up to 4.3 MB in a trace of a "
+            "100,000-event stream), which, read whole, grew the VM's memory with the longest "
+            "streams."
             if flat
             else f"it grew by more than {FLAT_MEMORY:.0%}, so it is not flat (see the figures)."
+        )
+        + f" When the filter takes the usage chunk out of the stream, it reads each chunk "
+        f"whole (and needs a second buffer for the rewrite): the largest VM went from "
+        f"{stripped_short:,} KiB after the 10,000-event streams that did not ask for usage to "
+        f"{stripped_long:,} KiB after a {LONG_STREAM:,}-event one"
+        + (
+            "."
+            if stripped_flat
+            else ": not flat. That memory follows the largest chunk Envoy hands over, which "
+            "grows when the upstream writes faster than the client reads, and the longer the "
+            "stream the likelier a large one; the README's limitations say what it takes to "
+            "bound it."
         )
     )
     summary = {
@@ -514,7 +551,10 @@ def streaming(ctx, machine: Machine) -> str:
             for n in STREAM_LENGTHS
         },
         "vm_kib_10k": at_10k,
-        "vm_kib_100k": at_100k,
+        "vm_kib_long": at_long,
+        "long_stream": LONG_STREAM,
+        "vm_kib_stripped": [stripped_short, stripped_long],
+        "stripped_flat": stripped_flat,
         "memory_flat": flat,
     }
     return "\n".join(
@@ -530,7 +570,12 @@ def streaming(ctx, machine: Machine) -> str:
             "lowest and highest run). *Added per event* is the median over the rounds of "
             "(inference-gate − bare) / events: what reading every event for its usage costs, "
             "spread over the stream. Envoy delivers the events to the filter in the chunks it "
-            "read them in (often several events per chunk).",
+            "read them in (often several events per chunk). A negative figure means the "
+            "stream reached the client sooner through the filter than through bare Envoy: "
+            "most likely because, while the filter reads a chunk, more events arrive and are "
+            "passed on together, so Envoy makes fewer, larger writes to the client than bare "
+            "Envoy, which writes each event as it comes. The filter's own time per event is "
+            "hidden in the upstream's pace.",
             "",
             NOISE,
             "",
@@ -816,8 +861,8 @@ def record_pipeline(ctx, machine: Machine) -> str:
     rows = [
         "| | figure |",
         "|---|---:|",
-        f"| requests/s through the filter, {PIPELINE_SECONDS} s runs | {span(rps['filter'])} "
-        f"({ratio:.2f}× bare Envoy's {span(rps['bare'])}) |",
+        f"| requests/s through the filter, {PIPELINE_SECONDS} s runs | {span(rps['filter'])}; "
+        f"{ratio:.2f}× bare Envoy's {span(rps['bare'])} |",
         f"| records queued (billing + audit per request) | {records:,} ({records / wall:,.0f}/s) |",
         f"| records the collector stored while the load ran | {stored_during:,} "
         f"({stored_during / wall:,.0f}/s) |",
@@ -1068,14 +1113,14 @@ def host_calls(ctx, machine: Machine) -> str:
             f"In all, {len(plain.callbacks)} callbacks into the VM, {plain.calls} host calls "
             f"and {plain.memory} memory requests: **{plain.crossings} crossings** for one "
             f"request. The minimal Proxy-Wasm key check makes {len(floor.callbacks)} "
-            f"callbacks, {floor.calls} host calls and {floor.memory} memory requests: "
+            f"callbacks, {floor.calls} host calls and {plural(floor.memory, 'memory request')}: "
             f"{floor.crossings} crossings. A stream of {TRACED_EVENTS:,} events (asking for "
             f"usage), which Envoy passed to the filter in {chunks} chunks, took "
             f"{len(stream.callbacks)} callbacks, {stream.calls} host calls and "
-            f"{stream.memory} memory requests: each chunk is one `on_response_body` callback, "
-            "one `get_buffer_bytes` and one memory request (and, when the filter takes the "
-            "usage it asked for out of the stream, one `set_buffer_bytes` where the chunk "
-            "changed).",
+            f"{stream.memory} memory requests: each chunk is one `on_response_body` callback "
+            "and, per 64 KiB of it, one `get_buffer_bytes` and one memory request (when the "
+            "filter takes the usage it asked for out of the stream, it reads the chunk whole "
+            "instead, and calls `set_buffer_bytes` where the chunk changed).",
             "",
             "What a host call costs in this Envoy: the minimal key check made to read one "
             f"request header {CALIBRATION_READS} more times per request (`@reads` in its "
@@ -1095,9 +1140,10 @@ def host_calls(ctx, machine: Machine) -> str:
             "",
             f"At those prices, the {extra_calls} host calls and {extra_memory} memory requests "
             f"the filter makes beyond the minimal key check come to about {estimate:.0f} µs "
-            "of Envoy CPU per request; the rest of what it adds (see the per-request section) "
-            "is the work inside the VM (parsing the request and the response, the records), "
-            "Envoy's side of the shared data and the queue, and the buffer filter.",
+            "of Envoy CPU per request (its two extra callbacks, `on_queue_ready` on Envoy's "
+            "main thread, not counted). The rest of what it adds (per-request section) is the "
+            "work inside the VM and the Envoy side of what the host calls do; the hot-path "
+            "section breaks it down by stage.",
             "",
             with_load(machine, ctx, versions, load_before),
             "",
@@ -1111,6 +1157,7 @@ def host_calls(ctx, machine: Machine) -> str:
                     "keycheck_crossings": floor.crossings,
                     "us_per_call": absent,
                     "us_per_value_call": present,
+                    "priced_us": estimate,
                 },
             ),
         ]
@@ -1143,7 +1190,8 @@ class Crossings:
         self.crossings = len(self.callbacks) + self.calls + self.memory
 
 
-CALIBRATION_READS = 40
+# Enough reads that their cost stands well clear of the noise of a shared machine.
+CALIBRATION_READS = 100
 
 
 def calibrate(ctx, servers: g.Servers, envoy_cpus: list[int], load_cpus: list[int]) -> dict:

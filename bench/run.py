@@ -5,10 +5,13 @@ machine and versions it ran on. BENCHMARKS.md keeps each section between its own
 running one section (`--section NAME`) rewrites that section alone and leaves the others as
 they were. To add a benchmark, write a function and add it to SECTIONS.
 
-    .venv/bin/python bench/run.py [--section NAME ...] [--seconds S]
+    .venv/bin/python bench/run.py [--section NAME ...] [--seconds S] [--rounds N]
 
-Every run is bounded: each measurement lasts `--seconds` (default 2) and each child process
-has a timeout; `make bench` takes about three minutes.
+Every run is bounded: each measurement lasts `--seconds` (default 2), each figure is the median
+of `--rounds` (default 3) measurements taken in turns with the ones it is compared to, and each
+child process has a timeout. After the sections, the summary of issue 8's goals at the top of
+BENCHMARKS.md is rewritten from the figures the sections left there (`goals.py`).
+`bench/compare.py` measures two builds of the filter side by side, for a change to its hot path.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +40,7 @@ import postgres  # noqa: E402
 from processes import Child, answers, free_ports, wait_until  # noqa: E402
 
 import gateway_sections  # noqa: E402
+import goals  # noqa: E402
 import latency_global  # noqa: E402
 import registry_scale  # noqa: E402
 
@@ -314,12 +319,17 @@ SECTIONS: dict[str, Callable[[Context], str]] = {
 }
 
 
-def replace_section(text: str, name: str, body: str) -> str:
+def replace_section(text: str, name: str, body: str, *, first: bool = False) -> str:
+    """`text` with section `name` replaced by `body`; a new section goes at the end, or
+    before every other section if `first`."""
     begin, end = f"<!-- section: {name} -->", f"<!-- end of section: {name} -->"
     block = f"{begin}\n{body.strip()}\n{end}"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     if pattern.search(text):
         return pattern.sub(lambda _: block, text)
+    if first and "<!-- section: " in text:
+        at = text.index("<!-- section: ")
+        return text[:at] + block + "\n\n" + text[at:]
     return text.rstrip() + "\n\n" + block + "\n"
 
 
@@ -336,6 +346,7 @@ def main() -> int:
     command = "make bench" if not sys.argv[1:] else "bench/run.py " + shlex.join(sys.argv[1:])
     names = args.section or list(SECTIONS)
     text = args.out.read_text() if args.out.exists() else TITLE
+    started = time.monotonic()
     for name in names:
         print(f"bench: {name}", flush=True)
         with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as workdir:
@@ -344,6 +355,11 @@ def main() -> int:
             )
             text = replace_section(text, name, SECTIONS[name](ctx))
         args.out.write_text(text)
+    # The summary of issue 8's goals, from the figures the sections left in the file.
+    everything = set(names) == set(SECTIONS)
+    elapsed = time.monotonic() - started if everything else None
+    text = replace_section(text, "goals", goals.summary(text, elapsed), first=True)
+    args.out.write_text(text)
     print(
         f"bench: wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}"
     )

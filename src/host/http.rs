@@ -49,6 +49,9 @@ const STRIPPED: [&str; 5] = [
     "x_tenant_id",
 ];
 
+/// The most of a response chunk read into the VM at once (`meter_in_slices`).
+const READ_SLICE_BYTES: usize = 64 * 1024;
+
 struct Reservation {
     limits: Limits,
     tokens: u64,
@@ -541,6 +544,33 @@ impl HttpFilter {
         }
     }
 
+    /// Feeds the response chunk to the meter a slice at a time. From a fast upstream Envoy
+    /// hands over several MB at once, past its buffer limits (BENCHMARKS.md, streaming); read
+    /// whole, each such chunk would grow the VM's memory, which never shrinks. Read in slices,
+    /// the memory a stream needs stays bounded whatever the chunks or the stream's length.
+    fn meter_in_slices(&mut self, body_size: usize) {
+        let Some(meter) = &mut self.meter else {
+            return;
+        };
+        if body_size == 0 {
+            meter.feed(&[]);
+            return;
+        }
+        let mut at = 0;
+        while at < body_size {
+            let want = (body_size - at).min(READ_SLICE_BYTES);
+            let slice = hostcalls::get_buffer(BufferType::HttpResponseBody, at, want)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            if slice.is_empty() {
+                break;
+            }
+            meter.feed(&slice);
+            at += slice.len();
+        }
+    }
+
     /// Queues a request's records for the collector. Every record that is not queued is
     /// counted in `inference_gate.records.dropped` and reported in the log, with the reason.
     fn emit(&self, records: Vec<Record>) {
@@ -703,6 +733,10 @@ impl HttpContext for HttpFilter {
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if self.meter.is_none() {
+            return Action::Continue;
+        }
+        if self.stripper.is_none() {
+            self.meter_in_slices(body_size);
             return Action::Continue;
         }
         let chunk = if body_size > 0 {
