@@ -171,10 +171,15 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
+/// The bearer token of the one `Authorization` header. Several are refused, whatever they
+/// hold: a proxy in front may read another one than this service does.
 fn presented(headers: &HeaderMap) -> Option<&[u8]> {
-    headers
-        .get(AUTHORIZATION)
-        .and_then(|value| bearer_token(value.as_bytes()))
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    bearer_token(value.as_bytes())
 }
 
 /// `name=token`, the name checked, the token as any other.
@@ -266,7 +271,8 @@ fn require(role: Role, parts: &Parts, state: &AppState) -> Result<(), ApiError> 
     }
     // A wrong token on the filter's endpoint usually means the filter's configuration is out
     // of step with the collector's, which stops billing; an operator should see it.
-    tracing::warn!(path = %parts.uri.path(), ?role, "rejected request without a valid token");
+    let path = crate::api::trail::redact(parts.uri.path());
+    tracing::warn!(%path, ?role, "rejected request without a valid token");
     Err(ApiError::Unauthorized)
 }
 
@@ -429,5 +435,20 @@ mod tests {
             assert!(!tokens.allows(Role::Admin, &headers(value)), "{value:?}");
         }
         assert!(!tokens.allows(Role::Admin, &HeaderMap::new()));
+    }
+
+    #[test]
+    fn two_authorization_headers_are_refused() {
+        let tokens = tokens();
+        for (first, second) in [
+            ("Bearer admin-secret", "Bearer wrong-token"),
+            ("Bearer wrong-token", "Bearer admin-secret"),
+            ("Bearer admin-secret", "Bearer admin-secret"),
+        ] {
+            let mut h = headers(first.as_bytes());
+            h.append(AUTHORIZATION, HeaderValue::from_str(second).unwrap());
+            assert!(!tokens.allows(Role::Admin, &h), "{first} + {second}");
+            assert_eq!(tokens.admin(&h), None);
+        }
     }
 }

@@ -47,6 +47,17 @@ impl Client {
             .ok_or_else(|| format!("--url {url}: no host"))?
             .trim_matches(['[', ']'])
             .to_owned();
+        // `http://host:99999` parses, without a port; it must not become port 80.
+        let authority = uri.authority().map_or("", |a| a.as_str());
+        let names_port = authority
+            .rsplit(']')
+            .next()
+            .is_some_and(|t| t.contains(':'));
+        if names_port && uri.port_u16().is_none() {
+            return Err(format!(
+                "--url {url}: the port must be a number from 1 to 65535"
+            ));
+        }
         if token.is_empty() {
             return Err("no admin token: set COLLECTOR_ADMIN_TOKEN or give --admin-token".into());
         }
@@ -142,7 +153,12 @@ pub fn tenant_path(id: &str) -> String {
 }
 
 /// Text for one path segment or query value: percent-encoded but for `A-Z a-z 0-9 - _ .`.
+/// `.` and `..` are encoded whole, or a proxy on the way would resolve them: a revoke of key
+/// `..` of `acme` would delete the tenant.
 pub fn segment(text: &str) -> String {
+    if text == "." || text == ".." {
+        return "%2E".repeat(text.len());
+    }
     let mut out = String::new();
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.') {
@@ -172,6 +188,18 @@ mod tests {
         assert!(Client::new("https://collector:9000", "x".into()).is_err());
         assert!(Client::new("collector:9000", "x".into()).is_err());
         assert!(Client::new("http://collector:9000", String::new()).is_err());
+        for bad in [
+            "http://127.0.0.1:99999",
+            "http://[::1]:70000",
+            "http://collector:",
+        ] {
+            assert!(Client::new(bad, "x".into()).is_err(), "{bad}");
+        }
+        assert_eq!(
+            Client::new("http://[::1]:9000", "x".into()).unwrap().port,
+            9000
+        );
+        assert_eq!(Client::new("http://[::1]", "x".into()).unwrap().port, 80);
     }
 
     #[test]
@@ -186,5 +214,12 @@ mod tests {
         );
         assert_eq!(tenant_path("a b/c"), "/v1/tenants/a%20b%2Fc");
         assert_eq!(segment("key_1.x-y"), "key_1.x-y");
+        assert_eq!(segment(".."), "%2E%2E");
+        assert_eq!(segment("."), "%2E");
+        assert_eq!(segment("..."), "...");
+        assert_eq!(
+            format!("{}/keys/{}", tenant_path("acme"), segment("..")),
+            "/v1/tenants/acme/keys/%2E%2E"
+        );
     }
 }

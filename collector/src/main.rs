@@ -360,7 +360,10 @@ async fn tenant(args: TenantArgs) -> Result<(), String> {
             };
             (Method::GET, path, None, false)
         }
-        TenantCommand::Get { id } => (Method::GET, client::tenant_path(&id), None, false),
+        TenantCommand::Get { id } => {
+            not_a_key("the tenant id", &id)?;
+            (Method::GET, client::tenant_path(&id), None, false)
+        }
         TenantCommand::Update {
             id,
             rate_limit,
@@ -393,6 +396,8 @@ async fn tenant(args: TenantArgs) -> Result<(), String> {
             (Method::POST, path, None, true)
         }
         TenantCommand::RevokeKey { id, key_id } => {
+            not_a_key("the tenant id", &id)?;
+            not_a_key("the key id", &key_id)?;
             let path = format!(
                 "{}/keys/{}",
                 client::tenant_path(&id),
@@ -422,6 +427,18 @@ async fn health(args: HealthArgs) -> Result<(), String> {
         }
     };
     print_json(&answer.into_result()?);
+    Ok(())
+}
+
+/// Refuses an API key given where an id belongs, rather than send it (it would be echoed
+/// in the answer and sit in the collector's access path).
+fn not_a_key(what: &str, text: &str) -> Result<(), String> {
+    if collector::registry::keys::looks_like_key(text) {
+        return Err(format!(
+            "{what} given is an API key, not an id (`collector tenant get` shows the key ids, \
+             key_...); it was not sent"
+        ));
+    }
     Ok(())
 }
 

@@ -629,6 +629,11 @@ fn the_tenant_and_health_commands_drive_the_registry() {
     ]);
     assert!(!ok);
     assert!(stderr.contains("400 invalid_request: id:"), "{stderr}");
+    // A key pasted for its key id is not sent (so not in the trail: still 12 entries below).
+    let (ok, _, stderr) = run(&["tenant", "revoke-key", "acme", &key]);
+    assert!(!ok);
+    assert!(stderr.contains("is an API key, not an id"), "{stderr}");
+    assert!(!stderr.contains(&key), "{stderr}");
 
     let (ok, deleted, _) = run(&["tenant", "delete", "acme"]);
     assert!(ok);

@@ -577,6 +577,61 @@ backend_tests! {
         }
     }
 
+    async fn dot_segments_keys_and_doubled_tokens_are_refused(db) {
+        let h = harness(db);
+        let created = h.create("acme", 5, 100).await;
+        let key = created["api_key"].as_str().unwrap().to_owned();
+
+        // `.` and `..` are resolved by clients and proxies; a key-shaped id would be
+        // redacted from the trail. None can be a tenant id.
+        for id in [".", "..", key.as_str()] {
+            let body = json!({"id": id, "rate_limit": 1, "token_budget": 1});
+            let answer = h.admin(Method::POST, "/v1/tenants", Some(body)).await;
+            let err = error(&answer, StatusCode::BAD_REQUEST, "invalid_request");
+            assert_eq!(err["param"], "id", "{id}");
+        }
+
+        // A key given for its key id: refused, and neither kept in the trail nor echoed
+        // there as the resource.
+        let uri = format!("/v1/tenants/acme/keys/{key}");
+        let answer = h.admin(Method::DELETE, &uri, None).await;
+        error(&answer, StatusCode::NOT_FOUND, "key_not_found");
+        let answer = h.admin(Method::GET, &format!("/v1/tenants/{key}"), None).await;
+        error(&answer, StatusCode::NOT_FOUND, "tenant_not_found");
+        let trail = h.trail().await;
+        let text = serde_json::to_string(&trail).unwrap();
+        assert!(!text.contains(&key), "the trail holds the key: {text}");
+        let revoke = &trail[trail.len() - 2];
+        assert_eq!(revoke["path"], "/v1/tenants/acme/keys/ig-<redacted>");
+        assert_eq!(revoke["resource"], "tenant:acme/key:ig-<redacted>");
+        assert_eq!(trail[trail.len() - 1]["tenant_id"], Value::Null);
+
+        // Ids no tenant can have are a 404 on either backend (PostgreSQL refuses a NUL).
+        for uri in ["/v1/tenants/a%00b", "/v1/tenants/a%00b/keys", "/v1/tenants/acme/keys/k%00"] {
+            for method in [Method::GET, Method::PATCH, Method::DELETE, Method::POST] {
+                let body = (method == Method::PATCH).then(|| json!({"suspended": true}));
+                let answer = h.admin(method.clone(), uri, body).await;
+                if answer.status != StatusCode::METHOD_NOT_ALLOWED {
+                    assert_eq!(answer.status, StatusCode::NOT_FOUND, "{method} {uri}: {}", answer.body);
+                }
+            }
+        }
+        let answer = h.admin(Method::GET, "/v1/tenants?after=%00", None).await;
+        error(&answer, StatusCode::BAD_REQUEST, "invalid_request");
+
+        // Two Authorization headers: refused whichever holds the token.
+        let admin = format!("Bearer {ADMIN}");
+        for pair in [[admin.as_str(), "Bearer wrong-token-1"], ["Bearer wrong-token-1", admin.as_str()]] {
+            let headers = [("authorization", pair[0]), ("authorization", pair[1])];
+            let answer = h.call_with(Method::GET, "/v1/tenants", None, None, &headers).await;
+            error(&answer, StatusCode::UNAUTHORIZED, "invalid_token");
+        }
+        let ingest = format!("Bearer {INGEST}");
+        let headers = [("authorization", ingest.as_str()), ("authorization", ingest.as_str())];
+        let answer = h.call_with(Method::GET, "/v1/tenants/snapshot", None, None, &headers).await;
+        error(&answer, StatusCode::UNAUTHORIZED, "invalid_token");
+    }
+
     async fn an_ingested_audit_entry_may_name_its_actor(db) {
         let h = harness(db);
         let batch = json!({"records": [{

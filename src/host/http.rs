@@ -873,10 +873,31 @@ impl HttpContext for HttpFilter {
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary.
+/// At most `max` bytes of `s`, cut on a character boundary, with control characters (a
+/// client's `\u0000` in a model name among them) replaced by U+FFFD: records carry only text
+/// every store can hold.
 fn clip(s: &str, max: usize) -> String {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s.get(..end).unwrap_or("").to_string()
+    s.get(..end)
+        .unwrap_or("")
+        .chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod clip_tests {
+    use super::clip;
+
+    #[test]
+    fn clipped_text_has_no_control_characters_and_keeps_whole_characters() {
+        assert_eq!(clip("demo-model", 256), "demo-model");
+        assert_eq!(clip("a\u{0}b\nc", 256), "a\u{fffd}b\u{fffd}c");
+        // 'é' is two bytes: a cut inside it drops it whole.
+        assert_eq!(clip("aé", 2), "a");
+        assert_eq!(clip("", 0), "");
+    }
 }

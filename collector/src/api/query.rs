@@ -99,6 +99,7 @@ pub async fn audit(
                 "must not be empty (leave it out for every tenant)",
             ))
         }
+        Some(t) if t.contains('\0') => return Err(bad("tenant_id", "must not contain NUL")),
         other => other.map(str::to_owned),
     };
     let query = AuditQuery {
@@ -136,6 +137,9 @@ fn bad(param: &str, problem: &str) -> ApiError {
 fn required_tenant(params: &Params) -> Result<String, ApiError> {
     match params.tenant_id.as_deref() {
         None | Some("") => Err(bad("tenant_id", "is required")),
+        Some(tenant_id) if tenant_id.contains('\0') => {
+            Err(bad("tenant_id", "must not contain NUL"))
+        }
         Some(tenant_id) => Ok(tenant_id.to_owned()),
     }
 }

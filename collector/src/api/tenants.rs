@@ -133,6 +133,11 @@ pub async fn list(
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(params) = params.map_err(|r| ApiError::InvalidRequest(r.body_text()))?;
+    if params.after.as_deref().is_some_and(|a| a.contains('\0')) {
+        return Err(ApiError::InvalidRequest(
+            "query parameter after: must not hold a NUL character".to_owned(),
+        ));
+    }
     let limit = match params.limit.as_deref() {
         None => DEFAULT_PAGE,
         Some(text) => match text.parse::<u32>() {
@@ -164,6 +169,7 @@ pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
+    known_shape(&id)?;
     match state.store.tenant(id.clone()).await {
         Ok(Some(tenant)) => Ok(Json(tenant.into())),
         Ok(None) => Err(ApiError::TenantNotFound(id)),
@@ -178,6 +184,7 @@ pub async fn update(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    known_shape(&id)?;
     let patch = input::patch(&json_body(body)?)?;
     let audit = trail.entry(StatusCode::OK, None)?;
     let updated = state
@@ -195,6 +202,7 @@ pub async fn delete(
     Extension(trail): Extension<Trail>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    known_shape(&id)?;
     let audit = trail.entry(StatusCode::OK, None)?;
     state
         .store
@@ -211,6 +219,7 @@ pub async fn add_key(
     Extension(trail): Extension<Trail>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    known_shape(&id)?;
     let issued = keys::issue().map_err(|e| ApiError::NoRandomness(e.to_string()))?;
     let target = Target {
         tenant: id.clone(),
@@ -247,6 +256,10 @@ pub async fn revoke_key(
     Extension(trail): Extension<Trail>,
     Path((id, key_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    known_shape(&id)?;
+    if !plausible(&key_id) {
+        return Err(ApiError::KeyNotFound { tenant: id, key_id });
+    }
     let audit = trail.entry(StatusCode::OK, None)?;
     let revoked = state
         .store
@@ -292,6 +305,24 @@ pub async fn set_health(
         tracing::warn!(actor = ?trail_actor(&trail), version = now.version, "gateway draining: every filter answers 503");
     }
     Ok(audited(Json(json!(now))))
+}
+
+/// A tenant id in a path that no tenant can have (a NUL, which PostgreSQL refuses outright,
+/// odd characters, too long) is a `404` without asking the store, on either backend.
+/// Only the charset and length: a tenant made before an id was reserved stays reachable.
+fn known_shape(id: &str) -> Result<(), ApiError> {
+    if plausible(id) {
+        Ok(())
+    } else {
+        Err(ApiError::TenantNotFound(id.to_owned()))
+    }
+}
+
+fn plausible(id: &str) -> bool {
+    (1..=input::MAX_TENANT_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// The body as JSON; an unreadable or malformed one is a `400` (or `413`).

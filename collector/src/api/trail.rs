@@ -82,7 +82,7 @@ impl Trail {
 pub async fn audit(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let trail = Trail {
         method: clip(request.method().as_str(), 16),
-        path: clip(request.uri().path(), 2048),
+        path: clip(&redact(request.uri().path()), 2048),
         remote_addr: request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
@@ -182,6 +182,26 @@ fn plausible_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// `path` with every segment that looks like an API key replaced: an operator who pastes a
+/// key where its key id belongs (`DELETE /v1/tenants/acme/keys/ig-...`) must not leave it in
+/// the trail or the log.
+pub fn redact(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.split('/').any(keys::looks_like_key) {
+        return path.into();
+    }
+    path.split('/')
+        .map(|segment| {
+            if keys::looks_like_key(segment) {
+                keys::REDACTED_KEY
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+        .into()
+}
+
 /// At most `max` bytes of `text`, cut at a character boundary.
 fn clip(text: &str, max: usize) -> String {
     let mut end = text.len().min(max);
@@ -234,5 +254,15 @@ mod tests {
         );
         assert_eq!(result_of(StatusCode::NOT_FOUND), AuditResult::Error);
         assert_eq!(clip("héllo", 2), "h");
+    }
+
+    #[test]
+    fn keys_in_paths_are_redacted() {
+        let key = keys::issue().unwrap().api_key;
+        let path = format!("/v1/tenants/acme/keys/{key}");
+        assert_eq!(redact(&path), "/v1/tenants/acme/keys/ig-<redacted>");
+        assert_eq!(redact("/v1/tenants/acme"), "/v1/tenants/acme");
+        let (tenant, resource) = from_path(&redact(&format!("/v1/tenants/{key}")));
+        assert_eq!((tenant, resource), (None, None));
     }
 }

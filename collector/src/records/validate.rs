@@ -286,6 +286,11 @@ impl<'a> Fields<'a> {
             };
             return Err(self.error(field, rule));
         }
+        // PostgreSQL cannot store a NUL in text: refused here, for both stores alike, rather
+        // than failing the whole batch at commit (a 500 the sender would retry for ever).
+        if text.contains('\0') {
+            return Err(self.error(field, "must not contain NUL (\\u0000)"));
+        }
         Ok(())
     }
 

@@ -14,8 +14,9 @@ pub const MAX_TENANT_ID_LEN: usize = 128;
 pub const MAX_MODELS: usize = 1000;
 pub const MAX_MODEL_LEN: usize = 256;
 
-/// A path segment of the API that cannot be a tenant id.
-pub const RESERVED_IDS: [&str; 1] = ["snapshot"];
+/// Path segments that cannot be tenant ids: a path of the API, and the dot segments, which
+/// clients and proxies resolve (`/v1/tenants/acme/keys/..` is `/v1/tenants/acme` to them).
+pub const RESERVED_IDS: [&str; 3] = ["snapshot", ".", ".."];
 
 /// A field that breaks a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +86,8 @@ pub fn health(body: &Value) -> Result<bool, InputError> {
     boolean(fields, "healthy")?.ok_or_else(|| required("healthy"))
 }
 
-/// 1 to 128 of `A-Z a-z 0-9 - _ .`, the filter's rule, and not a reserved path segment.
+/// 1 to 128 of `A-Z a-z 0-9 - _ .`, the filter's rule, not a reserved path segment, and not
+/// the shape of an API key (which the audit trail would not keep).
 pub fn check_tenant_id(id: &str) -> Result<(), String> {
     let charset = id
         .bytes()
@@ -96,7 +98,10 @@ pub fn check_tenant_id(id: &str) -> Result<(), String> {
         ));
     }
     if RESERVED_IDS.contains(&id) {
-        return Err(format!("{id:?} is reserved (a path of the API)"));
+        return Err(format!("{id:?} is reserved (a path segment)"));
+    }
+    if super::keys::looks_like_key(id) {
+        return Err("has the shape of an API key; a tenant id must not".to_owned());
     }
     Ok(())
 }
@@ -241,7 +246,18 @@ mod tests {
         for good in ["a", "acme-eu_1.prod", &"x".repeat(128)] {
             assert!(check_tenant_id(good).is_ok(), "{good}");
         }
-        for bad in ["", "has space", "ünï", "a/b", &"x".repeat(129), "snapshot"] {
+        let key = super::super::keys::issue().unwrap().api_key;
+        for bad in [
+            "",
+            "has space",
+            "ünï",
+            "a/b",
+            &"x".repeat(129),
+            "snapshot",
+            ".",
+            "..",
+            &key,
+        ] {
             assert!(check_tenant_id(bad).is_err(), "{bad:?}");
         }
     }

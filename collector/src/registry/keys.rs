@@ -53,6 +53,24 @@ pub fn random_hex(bytes: usize) -> Result<String, NoRandomness> {
     Ok(hex::encode(buf))
 }
 
+/// Whether `text` has the shape of an API key (`ig-` and 43 base64url characters). Such text
+/// is never a tenant id, and never kept in the audit trail or a log where an operator pasted
+/// it by mistake (a key given for its key id).
+pub fn looks_like_key(text: &str) -> bool {
+    text.strip_prefix(KEY_PREFIX).is_some_and(|rest| {
+        rest.len() == KEY_TEXT_LEN
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+    })
+}
+
+/// What stands in the audit trail and the log for text that looks like a key.
+pub const REDACTED_KEY: &str = "ig-<redacted>";
+
+/// Length of a key after its prefix: 32 bytes in unpadded base64url.
+const KEY_TEXT_LEN: usize = 43;
+
 /// The part of a digest the API shows, to tell a tenant's keys apart.
 pub fn digest_prefix(sha256: &str) -> &str {
     sha256.get(..8).unwrap_or(sha256)
@@ -78,6 +96,11 @@ mod tests {
         assert_eq!(a.sha256.len(), 64);
         assert!(!format!("{a:?}").contains(&a.api_key));
         assert!(a.key_id.starts_with("key_") && a.key_id.len() == 16);
+        assert!(looks_like_key(&a.api_key));
+        assert!(!looks_like_key(&a.key_id));
+        assert!(!looks_like_key(&a.api_key[..45]));
+        assert!(!looks_like_key(&format!("{}x", a.api_key)));
+        assert!(!looks_like_key(&a.api_key.replacen("ig-", "ig+", 1)));
     }
 
     #[test]

@@ -641,3 +641,16 @@ fn billing_fields_are_not_required_of_audit_entries_and_back() {
     accepts(without(audit(), "resource"));
     accepts(without(billing(), "model"));
 }
+
+#[test]
+fn text_with_a_nul_is_refused_naming_the_field() {
+    // PostgreSQL cannot hold it; refused alike on both stores, never a failed commit.
+    let message = rejection(with(billing(), "model", json!("a\u{0}b")));
+    assert_eq!(message, "records[0].model: must not contain NUL (\\u0000)");
+    let message = rejection(with(audit(), "path", json!("/v1/\u{0}")));
+    assert!(
+        message.starts_with("records[0].path: must not contain NUL"),
+        "{message}"
+    );
+    accepts(with(billing(), "model", json!("a\u{1}b")));
+}
