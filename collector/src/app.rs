@@ -28,6 +28,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The last tenant snapshot served, rendered.
     pub snapshots: Arc<SnapshotCache>,
+    /// How many unauthorized registry calls may still be audited one by one.
+    pub denied_audits: Arc<api::trail::DeniedAudits>,
 }
 
 impl AppState {
@@ -37,6 +39,7 @@ impl AppState {
             tokens: Arc::new(tokens),
             metrics: Arc::new(Metrics::new()),
             snapshots: Arc::new(SnapshotCache::default()),
+            denied_audits: Arc::new(api::trail::DeniedAudits::default()),
         }
     }
 }

@@ -27,6 +27,7 @@ pub struct Metrics {
     batches: IntCounterVec,
     store_errors: IntCounterVec,
     retention_deleted: IntCounterVec,
+    denied_unaudited: IntCounterVec,
     request_seconds: HistogramVec,
 }
 
@@ -75,6 +76,13 @@ impl Metrics {
             "Failed database operations, by operation.",
             &["operation"],
         );
+        let denied_unaudited = counter(
+            "collector_registry_denied_unaudited_total",
+            "Unauthorized registry calls over the audit budget (20 a second): counted here \
+             instead of audited one by one.",
+            &[],
+        );
+        denied_unaudited.with_label_values::<&str>(&[]);
         let retention_deleted = counter(
             "collector_retention_deleted_total",
             "Records deleted by the retention job, by kind.",
@@ -111,7 +119,13 @@ impl Metrics {
             store_errors,
             retention_deleted,
             request_seconds,
+            denied_unaudited,
         }
+    }
+
+    /// An unauthorized registry call not audited: over the budget.
+    pub fn denied_unaudited(&self) {
+        self.denied_unaudited.with_label_values::<&str>(&[]).inc();
     }
 
     pub fn stored(&self, inserted: &Inserted) {

@@ -513,6 +513,27 @@ backend_tests! {
         assert_eq!(h.snapshot().await.body, changed.body);
     }
 
+    async fn a_flood_of_bad_tokens_is_audited_up_to_its_budget(db) {
+        let h = harness(db);
+        let calls = 130;
+        for _ in 0..calls {
+            let answer = h.call(Method::GET, "/v1/tenants", Some("wrong-token-value"), None).await;
+            assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        }
+        let denied = h
+            .trail()
+            .await
+            .iter()
+            .filter(|e| e["result"] == "unauthorized")
+            .count();
+        // A burst of 100 is audited one by one; the rest, past 20 a second, only counted.
+        assert!((100..calls).contains(&denied), "{denied} of {calls} audited");
+        // An operator's call is audited whatever the flood.
+        let before = h.trail().await.len();
+        h.admin(Method::GET, "/v1/tenants", None).await;
+        assert!(h.trail().await.len() > before);
+    }
+
     async fn every_registry_call_is_audited_with_its_operator(db) {
         let h = harness(db);
         let body = json!({"id": "acme", "rate_limit": 1, "token_budget": 1}).to_string();

@@ -78,6 +78,69 @@ impl Trail {
     }
 }
 
+/// Unauthorized registry calls audited one by one, per second on average (a burst of five
+/// seconds' worth passes at once); the rest are counted.
+pub const DENIED_AUDITS_PER_SECOND: f64 = 20.0;
+
+/// The budget of [`DENIED_AUDITS_PER_SECOND`]: a token bucket, and when a warning about
+/// exceeding it was last logged.
+#[derive(Debug)]
+pub struct DeniedAudits {
+    state: std::sync::Mutex<(f64, std::time::Instant, Option<std::time::Instant>)>,
+}
+
+impl Default for DeniedAudits {
+    fn default() -> Self {
+        Self {
+            state: std::sync::Mutex::new((
+                5.0 * DENIED_AUDITS_PER_SECOND,
+                std::time::Instant::now(),
+                None,
+            )),
+        }
+    }
+}
+
+impl DeniedAudits {
+    /// Whether one more unauthorized call may be audited now.
+    pub fn take(&self) -> bool {
+        self.take_at(std::time::Instant::now())
+    }
+
+    fn take_at(&self, now: std::time::Instant) -> bool {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let elapsed = now.saturating_duration_since(state.1).as_secs_f64();
+        state.0 =
+            (state.0 + elapsed * DENIED_AUDITS_PER_SECOND).min(5.0 * DENIED_AUDITS_PER_SECOND);
+        state.1 = now;
+        if state.0 >= 1.0 {
+            state.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// At most one warning every ten seconds.
+    fn should_warn(&self) -> bool {
+        let now = std::time::Instant::now();
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match state.2 {
+            Some(last) if now.saturating_duration_since(last).as_secs() < 10 => false,
+            _ => {
+                state.2 = Some(now);
+                true
+            }
+        }
+    }
+}
+
 /// Runs around every registry endpoint (not the filter's snapshot).
 pub async fn audit(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let trail = Trail {
@@ -98,6 +161,20 @@ pub async fn audit(State(state): State<AppState>, mut request: Request, next: Ne
 
     let response = next.run(request).await;
     if response.extensions().get::<Audited>().is_some() {
+        return response;
+    }
+    if response.status() == StatusCode::UNAUTHORIZED && !state.denied_audits.take() {
+        // A flood of calls without a valid token: past the budget they are counted, not
+        // written one transaction each (which would let anyone who reaches the port slow the
+        // database that billing is stored in).
+        state.metrics.denied_unaudited();
+        if state.denied_audits.should_warn() {
+            tracing::warn!(
+                per_second = DENIED_AUDITS_PER_SECOND,
+                "unauthorized registry calls over the audit budget: counted in \
+                 collector_registry_denied_unaudited_total, not audited one by one"
+            );
+        }
         return response;
     }
     let target = response.extensions().get::<Target>();
@@ -213,6 +290,20 @@ fn clip(text: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_denied_audit_budget_refills_at_its_rate() {
+        let budget = super::DeniedAudits::default();
+        let start = std::time::Instant::now();
+        let passed = (0..150).filter(|_| budget.take_at(start)).count();
+        assert_eq!(passed, 100, "a burst of five seconds' worth");
+        let later = start + std::time::Duration::from_millis(500);
+        let passed = (0..50).filter(|_| budget.take_at(later)).count();
+        assert_eq!(passed, 10, "twenty a second");
+        let much_later = later + std::time::Duration::from_secs(3600);
+        let passed = (0..500).filter(|_| budget.take_at(much_later)).count();
+        assert_eq!(passed, 100, "never more than the burst");
+    }
+
     use super::*;
 
     #[test]
